@@ -1,0 +1,290 @@
+"""Run a dependence estimator over an activation store -> a tidy table (ARCHITECTURE.md).
+
+For every complete checkpoint and stored layer Z, two targets are estimated:
+``x`` (the stored inputs X, RBF kernel) and ``y`` (the labels, linear kernel on one-hot vectors;
+seed 000 appendix F.1.2). The default is the paper's minibatch protocol (F.1.2: "this study
+derives the estimator by averaging values based on minibatches"): the fixed evaluation set of the
+store is cut, in stored order, into ``n_batches = N // batch_size`` batches of exactly
+``batch_size`` samples (the remainder is left out so every value uses the same m); ``value`` is
+the mean over batches and ``std`` their standard deviation. ``full=True`` uses all N samples in
+one batch. ``baseline`` is the same estimator after shuffling Z's rows with a seeded permutation
+(the null level: nHSIC of independent samples is far from 0 at small m, see ESTIMATORS.md).
+
+Estimator kinds (``infoplane.estimators`` registry): ``kernel`` estimators get Gram matrices
+``fn(K_z, K_target, **params)``; ``samples`` estimators get raw minibatches ``fn(z, t)``;
+``neural`` estimators get all samples at once ``fn(z, t)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from infoplane.store import ActivationStore
+
+PathLike = Union[str, Path]
+
+COLUMNS = ["run", "regime", "model", "dataset", "checkpoint", "epoch", "layer", "layer_index",
+           "estimator", "target", "value", "baseline", "n_samples", "batch_size", "n_batches", "std",
+           "baseline_std", "seconds", "eps", "sigma_rule", "distance", "seed", "store"]
+
+#: Above this many bytes a layer is read batch by batch instead of at once.
+_READ_ALL_BYTES = 512 * 1024 * 1024
+
+
+@dataclass
+class EstimateConfig:
+    """How to estimate (defaults: seed 000 appendix F.1.2 and the authors' evaluation protocol).
+
+    estimator: a registered name (``infoplane estimators`` lists them).
+    batch_size: m of the minibatch protocol (100). eps: nHSIC regulariser (1e-5).
+    sigma: RBF bandwidth rule, "paper" (5 sqrt(d)), "median", or a positive number.
+    full: one batch of all samples instead of minibatches. tolerance: accuracy of the low-rank
+    nHSIC (``infoplane.estimators.fast``; None = exact). baseline: also estimate on shuffled Z.
+    seed: the shuffle's seed. device: torch device for the Gram matrices. layers / checkpoints:
+    restrict to these names (None = all). squared: squared distance in the RBF exponent (standard);
+    False reproduces the published E2E-info code. progress: show a progress bar.
+    """
+
+    estimator: str = "nhsic"
+    batch_size: int = 100
+    eps: float = 1e-5
+    sigma: Union[str, float] = "paper"
+    full: bool = False
+    tolerance: Optional[float] = None
+    baseline: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    layers: Optional[Sequence[str]] = None
+    checkpoints: Optional[Sequence[str]] = None
+    squared: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if int(self.batch_size) < 2:
+            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if not float(self.eps) > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.tolerance is not None and not float(self.tolerance) > 0:
+            raise ValueError(f"tolerance must be > 0 (or None for exact), got {self.tolerance}")
+        if isinstance(self.sigma, str):
+            if self.sigma not in ("paper", "median"):
+                try:
+                    self.sigma = float(self.sigma)
+                except ValueError:
+                    raise ValueError(f"sigma must be 'paper', 'median' or a positive number, "
+                                     f"got {self.sigma!r}") from None
+        if not isinstance(self.sigma, str) and not float(self.sigma) > 0:
+            raise ValueError(f"sigma must be positive, got {self.sigma}")
+
+
+def _fast_module():
+    """``infoplane.estimators.fast`` if it provides the factored nHSIC API, else None."""
+    try:
+        from infoplane.estimators import fast
+    except ImportError:
+        return None
+    needed = ("CenteredFactor", "factorize", "nhsic_factored", "nhsic_minibatches")
+    return fast if all(hasattr(fast, n) for n in needed) else None
+
+
+def write_csv_atomic(df: pd.DataFrame, path: PathLike) -> Path:
+    """Write ``df`` to ``path`` via ``path.partial`` + ``os.replace`` (never a half-written CSV)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+class _LayerReader:
+    """Rows of one stored layer, read at once when small, else batch by batch."""
+
+    def __init__(self, store: ActivationStore, ckpt: str, layer: str) -> None:
+        ds = store._layer_ds(ckpt, layer)
+        self._all = None
+        if ds.size * ds.dtype.itemsize <= _READ_ALL_BYTES:
+            self._all = ds[()]
+        self._store, self._ckpt, self._layer = store, ckpt, layer
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        if self._all is not None:
+            return self._all[idx]
+        return self._store.read(self._ckpt, self._layer, rows=idx)
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().cpu().double().item())
+    if isinstance(v, dict):
+        for key in ("value", "estimate", "mi"):
+            if key in v:
+                return _to_float(v[key])
+        raise ValueError(f"estimator returned a dict without a 'value' entry: {sorted(v)}")
+    return float(v)
+
+
+class _Runner:
+    """Evaluates one estimator on (Z, target) over the batch plan, caching target-side work."""
+
+    def __init__(self, store: ActivationStore, cfg: EstimateConfig) -> None:
+        from infoplane.estimators import get_estimator
+        from infoplane import kernels
+
+        self.k = kernels
+        self.cfg = cfg
+        self.spec = get_estimator(cfg.estimator)
+        self.kind = getattr(self.spec, "kind", "kernel")
+        self.device = torch.device(cfg.device)
+        n = store.n_samples
+        m = n if cfg.full or self.kind == "neural" else min(int(cfg.batch_size), n)
+        self.m = m
+        self.n_batches = n // m
+        self.batches = [np.arange(b * m, (b + 1) * m) for b in range(self.n_batches)]
+        rng = np.random.default_rng(int(cfg.seed))
+        self.perm = rng.permutation(n)
+        self.inputs = store.inputs()
+        self.labels = store.labels()
+        nc = (store.dataset or {}).get("num_classes")
+        self.num_classes = int(nc) if nc else int(self.labels.max()) + 1
+        self.params: Dict[str, Any] = {}
+        if self.spec.name in ("nhsic",) or "eps" in (getattr(self.spec, "params", None) or {}):
+            self.params["eps"] = float(cfg.eps)
+        self.fast = _fast_module() if self.spec.name == "nhsic" and self.kind == "kernel" else None
+        self._target_cache: Dict[tuple, Any] = {}
+
+    # -- kernels --------------------------------------------------------------------------
+    def _rbf(self, a: np.ndarray) -> torch.Tensor:
+        return self.k.rbf_gram(torch.as_tensor(a), sigma=self.cfg.sigma, squared=self.cfg.squared,
+                               device=self.device)
+
+    def _target_gram(self, target: str, b: int) -> torch.Tensor:
+        key = ("gram", target, b)
+        if key not in self._target_cache:
+            rows = self.batches[b]
+            if target == "x":
+                g = self._rbf(self.inputs[rows])
+            else:
+                g = self.k.label_gram(torch.as_tensor(self.labels[rows]), num_classes=self.num_classes,
+                                      device=self.device)
+            self._target_cache[key] = g
+        return self._target_cache[key]
+
+    def _target_raw(self, target: str, rows: np.ndarray) -> np.ndarray:
+        return self.inputs[rows] if target == "x" else self.labels[rows]
+
+    def _target_factor(self, target: str, b: int):
+        key = ("factor", target, b)
+        if key not in self._target_cache:
+            self._target_cache[key] = self._factor(self._target_gram(target, b))
+        return self._target_cache[key]
+
+    def _factor(self, K: torch.Tensor):
+        return self.fast.factorize(K, eps=float(self.cfg.eps), tolerance=self.cfg.tolerance)
+
+    # -- one (Z, target) pair over all batches --------------------------------------------
+    def values(self, reader: _LayerReader, target: str, shuffled: bool) -> List[float]:
+        out = []
+        for b, rows in enumerate(self.batches):
+            zrows = self.perm[rows] if shuffled else rows
+            z = reader.rows(zrows)
+            if self.kind == "kernel":
+                Kz = self._rbf(z)
+                if self.fast is not None:
+                    v = self.fast.nhsic_factored(self._factor(Kz), self._target_factor(target, b))
+                else:
+                    v = self.spec.fn(Kz, self._target_gram(target, b), **self.params)
+            else:
+                v = self.spec.fn(z, self._target_raw(target, rows))
+            out.append(_to_float(v))
+        return out
+
+
+def _regime_name(regime: Any) -> str:
+    if isinstance(regime, dict):
+        return str(regime.get("name") or regime.get("regime") or json.dumps(regime, sort_keys=True))
+    return str(regime)
+
+
+def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> pd.DataFrame:
+    """Estimate dependence between every stored layer Z and X / Y at every complete checkpoint.
+
+    Returns a tidy DataFrame with :data:`COLUMNS` (one row per checkpoint x layer x target).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or EstimateConfig()
+    cfg.validate()
+    with ActivationStore(path) as store:
+        ckpts = store.checkpoints()
+        if not ckpts:
+            raise ValueError(f"{str(path)!r} has no complete checkpoint; run `infoplane extract` first")
+        if cfg.checkpoints is not None:
+            missing = sorted(set(cfg.checkpoints) - set(ckpts))
+            if missing:
+                raise ValueError(f"checkpoints {missing} are not in {str(path)!r}; stored: {', '.join(ckpts)}")
+            ckpts = [c for c in ckpts if c in set(cfg.checkpoints)]
+        runner = _Runner(store, cfg)
+        if runner.n_batches < 1:
+            raise ValueError(f"the store has {store.n_samples} samples, fewer than one batch")
+        sigma_rule = cfg.sigma if isinstance(cfg.sigma, str) else f"{float(cfg.sigma):g}"
+        model = (store.model or {}).get("name", "")
+        dataset = (store.dataset or {}).get("name", "")
+        jobs = []
+        for c in ckpts:
+            names = store.layers(c)
+            if cfg.layers is not None:
+                unknown = sorted(set(cfg.layers) - set(names))
+                if unknown:
+                    raise ValueError(f"layers {unknown} are not stored for checkpoint {c!r}; stored: "
+                                     f"{', '.join(names)}")
+            for i, name in enumerate(names, start=1):
+                if cfg.layers is None or name in set(cfg.layers):
+                    jobs.append((c, name, i))
+        rows: List[Dict[str, Any]] = []
+        attrs_cache: Dict[str, Dict[str, Any]] = {}
+        bar = tqdm(jobs, desc=f"estimate {cfg.estimator}", unit="layer",
+                   disable=None if cfg.progress else True)
+        for c, name, i in bar:
+            a = attrs_cache.setdefault(c, store.checkpoint_attrs(c))
+            reader = _LayerReader(store, c, name)
+            for target in ("x", "y"):
+                t0 = time.perf_counter()
+                vals = runner.values(reader, target, shuffled=False)
+                base = runner.values(reader, target, shuffled=True) if cfg.baseline else []
+                seconds = time.perf_counter() - t0
+                rows.append({
+                    "run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")), "model": model,
+                    "dataset": dataset, "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name,
+                    "layer_index": i, "estimator": cfg.estimator, "target": target,
+                    "value": float(np.mean(vals)),
+                    "baseline": float(np.mean(base)) if base else math.nan,
+                    "n_samples": runner.m * runner.n_batches, "batch_size": runner.m,
+                    "n_batches": runner.n_batches,
+                    "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan,
+                    "baseline_std": float(np.std(base, ddof=1)) if len(base) > 1 else math.nan,
+                    "seconds": seconds, "eps": float(cfg.eps) if "eps" in runner.params else math.nan,
+                    "sigma_rule": sigma_rule, "distance": "squared" if cfg.squared else "euclidean",
+                    "seed": int(cfg.seed), "store": str(path)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def estimate_to_csv(path: PathLike, out: PathLike, config: Optional[EstimateConfig] = None) -> Path:
+    """:func:`estimate_store` then an atomic CSV write; returns the CSV path."""
+    return write_csv_atomic(estimate_store(path, config), out)
+
+
+def config_dict(cfg: EstimateConfig) -> Dict[str, Any]:
+    return asdict(cfg)
+
+
+__all__ = ["EstimateConfig", "estimate_store", "estimate_to_csv", "write_csv_atomic", "COLUMNS"]

@@ -1,0 +1,172 @@
+"""Run checkpoints over a fixed evaluation set and stream the chosen layers into an HDF5 store.
+
+ARCHITECTURE.md flow: checkpoints -> ``extract`` (forward hooks) -> activations.h5. The model is
+put in ``eval()`` mode and run under ``torch.no_grad()`` batch by batch; each batch's activations
+are written straight to the store (never the whole dataset in memory). One store per run; calling
+``extract`` again appends new checkpoints, skips those already complete (same sha256) and resumes
+an interrupted one from its last written batch.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from infoplane.hooks import LayerSpec, capture, resolve_layers, split_call_name
+from infoplane.store import ActivationStore, StoreError
+
+PathLike = Union[str, Path]
+
+
+def _versions() -> Dict[str, str]:
+    import h5py
+
+    import infoplane
+
+    return {"infoplane": infoplane.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "python": platform.python_version()}
+
+
+def select_samples(labels: Union[np.ndarray, torch.Tensor], samples: Union[None, int, Sequence[int]],
+                   seed: int = 0) -> np.ndarray:
+    """Dataset indices of the evaluation set: all (None), a stratified seeded subset of N (int,
+    ``infoplane.data.stratified_subset_indices``), or the given indices (sorted as given)."""
+    n_total = len(labels)
+    if samples is None:
+        return np.arange(n_total, dtype=np.int64)
+    if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
+        n = int(samples)
+        if n < 1:
+            raise ValueError(f"--samples must be a positive integer, got {n}")
+        if n >= n_total:
+            return np.arange(n_total, dtype=np.int64)
+        from infoplane.data import stratified_subset_indices
+
+        return np.asarray(stratified_subset_indices(np.asarray(labels), n, seed), dtype=np.int64)
+    idx = np.asarray(samples, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= n_total:
+        raise ValueError(f"sample indices must lie in [0, {n_total}) and be non-empty")
+    return idx
+
+
+def _checkpoint_id(store: ActivationStore, path: Path, sha: str) -> str:
+    existing = store.find_checkpoint(sha)
+    if existing is not None:
+        return existing
+    taken = set(store.checkpoints(include_incomplete=True))
+    cid = path.stem
+    return cid if cid not in taken else f"{cid}-{sha[:8]}"
+
+
+def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec = "all",
+            out: PathLike = "acts.h5", split: str = "test", samples: Union[None, int, Sequence[int]] = None,
+            batch_size: int = 256, dtype: str = "float32", data_root: PathLike = "data",
+            device: Union[str, torch.device] = "cpu", model_factory: Optional[str] = None,
+            progress: bool = True, command: Optional[str] = None) -> Path:
+    """Extract activations of ``layers`` for every checkpoint into the store ``out``.
+
+    checkpoints: ``.pt`` files of format ``infoplane.checkpoint/1`` (same model and dataset).
+    layers: ``"all"`` (a LayeredNet's top-level layers), names, or glob patterns (see ``hooks``).
+    samples: None (the whole split), N (stratified seeded subset) or explicit dataset indices.
+    dtype: ``float32`` or ``float16`` storage. Returns the store path.
+    """
+    from tqdm.auto import tqdm
+
+    from infoplane.checkpoint import load_checkpoint
+    from infoplane.data import dataset_labels, load_dataset
+
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = [checkpoints]
+    paths = [Path(p) for p in checkpoints]
+    if not paths:
+        raise ValueError("no checkpoints given")
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = Path(out)
+    store: Optional[ActivationStore] = None
+    datasets: Dict[str, Any] = {}
+    try:
+        for ck_path in tqdm(paths, desc="checkpoints", unit="ckpt", disable=None if progress else True):
+            ck = load_checkpoint(ck_path)
+            ds_meta = dict(ck.dataset or {})
+            ds_name = ds_meta.get("name")
+            if not ds_name:
+                raise ValueError(f"checkpoint {str(ck_path)!r} does not name its dataset; cannot extract")
+            if ds_name not in datasets:
+                ds = load_dataset(ds_name, split=split, root=data_root)
+                labels = dataset_labels(ds).numpy()
+                idx = select_samples(labels, samples)
+                datasets[ds_name] = (ds, labels, idx)
+            ds, labels, idx = datasets[ds_name]
+            model_id = {"name": ck.model_name, "kwargs": ck.model_kwargs}
+            model = ck.build_model(model_factory, device=device) if model_factory else ck.build_model(device=device)
+            model.eval()
+            names = resolve_layers(model, layers)
+
+            if store is None:
+                if out.exists():
+                    store = ActivationStore(out, "a")
+                else:
+                    x0 = ds[int(idx[0])][0]
+                    store = ActivationStore.create(
+                        out, index=idx, labels=labels[idx], input_shape=tuple(torch.as_tensor(x0).shape),
+                        model=model_id, dataset=ds_meta, split=split,
+                        provenance={"command": command or " ".join(sys.argv), "versions": _versions(),
+                                    "created": datetime.now(timezone.utc).isoformat(), "checkpoints": []})
+            store.check_compatible(model=model_id, index=idx, dataset_name=ds_name, split=split)
+
+            sha = ck.sha256
+            cid = _checkpoint_id(store, ck_path, sha)
+            if cid in store.checkpoints():
+                continue  # already complete: nothing to do
+            attrs = {"epoch": int(ck.epoch), "step": int(ck.step if ck.step is not None else -1),
+                     "regime": dict(ck.regime or {}), "metrics": dict(ck.metrics or {}), "sha256": sha,
+                     "model": ck.model_name, "run": ck_path.parent.name, "source": str(ck_path),
+                     "layers_spec": layers if isinstance(layers, str) else ",".join(layers)}
+            done = store.begin_checkpoint(cid, attrs=attrs)
+            write_inputs = not store.samples_complete
+            start = 0 if write_inputs else done
+            loader = DataLoader(Subset(ds, idx[start:].tolist()), batch_size=int(batch_size), shuffle=False)
+            with torch.no_grad(), capture(model, names) as acts:
+                row = start
+                bar = tqdm(loader, desc=f"extract {cid}", unit="batch", leave=False,
+                           disable=None if progress else True)
+                for xb, _yb in bar:
+                    b = xb.shape[0]
+                    if write_inputs:
+                        store.write_inputs(row, xb.numpy())
+                    if row + b > done:
+                        model(xb.to(device))
+                        if not acts:
+                            raise ValueError(f"none of the layers {names} ran in the forward pass of "
+                                             f"{str(ck_path)!r}")
+                        for order, (lname, z) in enumerate(acts.items()):
+                            path_, call = split_call_name(lname)
+                            s = max(done - row, 0)
+                            store.write_layer_rows(cid, lname, row + s, z[s:].float().cpu().numpy(),
+                                                   dtype=dtype, module_path=path_, call_index=call,
+                                                   order=order)
+                        store.set_rows_done(cid, row + b)
+                    row += b
+            if write_inputs:
+                store.mark_inputs_complete()
+            store.finish_checkpoint(cid)
+            store.add_provenance(checkpoints=[{"id": cid, "path": str(ck_path), "sha256": sha}])
+    finally:
+        if store is not None:
+            store.close()
+    return out
+
+
+__all__ = ["extract", "select_samples", "StoreError"]

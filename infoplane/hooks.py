@@ -1,0 +1,132 @@
+"""Choose layers of a network and capture their outputs with forward hooks.
+
+Layer names are the module paths of ``named_modules()`` (ARCHITECTURE.md, "Activation store").
+A module called more than once in one forward pass is recorded as ``name:1``, ``name:2``, ...
+Hooks store ``output.detach().clone()`` so that in-place operations downstream (``ReLU(inplace=True)``)
+cannot change what was saved.
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+LayerSpec = Union[str, Sequence[str]]
+
+_GLOB_CHARS = set("*?[")
+
+
+def default_layers(model: nn.Module) -> List[str]:
+    """The layers ``"all"`` selects: a LayeredNet's top-level layers, else every leaf module."""
+    from infoplane.models.base import LayeredNet
+
+    if isinstance(model, LayeredNet):
+        return list(model.layer_names)
+    leaves = [name for name, mod in model.named_modules() if name and not any(True for _ in mod.children())]
+    if not leaves:
+        raise ValueError(f"model {type(model).__name__} has no submodules to hook; "
+                         "wrap it in an nn.Sequential or pass a model with named layers")
+    return leaves
+
+
+def list_layers(model: nn.Module) -> List[Tuple[str, str]]:
+    """Every selectable module path with its class name (the root module excluded)."""
+    return [(name, type(mod).__name__) for name, mod in model.named_modules() if name]
+
+
+def resolve_layers(model: nn.Module, layers: LayerSpec = "all") -> List[str]:
+    """Turn a layer specification into module paths, in network (``named_modules``) order.
+
+    ``layers``: ``"all"``; a comma-separated string or a list of names; names may be glob patterns
+    (``"features.*"``) matched against ``named_modules()``. Unknown names raise ValueError listing
+    the valid ones.
+    """
+    if isinstance(layers, str):
+        tokens = [t.strip() for t in layers.split(",") if t.strip()]
+    else:
+        tokens = [str(t).strip() for t in layers]
+    if not tokens:
+        raise ValueError("no layers given; pass 'all', a comma-separated list of names or glob patterns")
+    valid = [name for name, _ in model.named_modules() if name]
+    chosen: set = set()
+    for tok in tokens:
+        if tok == "all":
+            chosen.update(default_layers(model))
+        elif _GLOB_CHARS & set(tok):
+            hits = fnmatch.filter(valid, tok)
+            if not hits:
+                raise ValueError(f"layer pattern {tok!r} matches no module; valid layer names are: "
+                                 f"{', '.join(valid)}")
+            chosen.update(hits)
+        elif tok in valid:
+            chosen.add(tok)
+        else:
+            raise ValueError(f"unknown layer {tok!r}; valid layer names are: {', '.join(valid)} "
+                             "(or 'all', or a glob pattern such as 'features.*')")
+    return [name for name in valid if name in chosen]
+
+
+def _first_tensor(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot capture a module output of type {type(output).__name__}; choose a layer "
+                    "that returns a tensor")
+
+
+@contextmanager
+def capture(model: nn.Module, layers: LayerSpec = "all") -> Iterator[Dict[str, torch.Tensor]]:
+    """Context manager: hook ``layers`` of ``model``; yields a dict filled by every ``model(x)``.
+
+    After each forward pass of the root module the dict holds ``{name: tensor (N, ...)}`` for the
+    chosen layers in network order (``name:1``, ``name:2`` for modules called twice). The dict is
+    cleared at the start of each forward pass. Hooks are removed on exit.
+    """
+    names = resolve_layers(model, layers)
+    modules = dict(model.named_modules())
+    result: Dict[str, torch.Tensor] = OrderedDict()
+    calls: Dict[str, List[torch.Tensor]] = OrderedDict((n, []) for n in names)
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_mod, _inp, out):
+            calls[name].append(_first_tensor(out).detach().clone())
+        return hook
+
+    def start(_mod, _inp):
+        result.clear()
+        for lst in calls.values():
+            lst.clear()
+
+    def finish(_mod, _inp, _out):
+        result.clear()
+        for name, lst in calls.items():
+            if len(lst) == 1:
+                result[name] = lst[0]
+            else:
+                for i, t in enumerate(lst, start=1):
+                    result[f"{name}:{i}"] = t
+            lst.clear()
+
+    try:
+        handles.append(model.register_forward_pre_hook(start))
+        for name in names:
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
+        handles.append(model.register_forward_hook(finish))
+        yield result
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def split_call_name(name: str) -> Tuple[str, int]:
+    """``"fc1:2" -> ("fc1", 2)``; ``"fc1" -> ("fc1", 1)`` (module path and call index)."""
+    base, sep, idx = name.rpartition(":")
+    if sep and idx.isdigit():
+        return base, int(idx)
+    return name, 1

@@ -1,0 +1,382 @@
+"""The HDF5 activation store (ARCHITECTURE.md, "Activation store"; format ``infoplane.store/1``).
+
+Layout::
+
+    /                    attrs: format, provenance (JSON), model (JSON name+kwargs), dataset (JSON),
+                                split, samples_complete
+    /samples/index       (N,) int64   dataset indices, fixed for the whole file
+    /samples/label       (N,) int64
+    /samples/input       (N, ...)     inputs X as fed to the model (after normalisation)
+    /checkpoints/<id>/   attrs: epoch, step, regime (JSON), metrics (JSON), sha256, model, run,
+                                source, rows_done, complete
+      layers/<name>      (N, ...) float32|float16, chunked by whole rows;
+                         attrs: module_path, call_index, original_shape
+
+Writes are streamed batch by batch (rows ``[start, start+b)``); a checkpoint group is marked
+``complete=True`` only after its last row is written. Readers ignore incomplete groups; writers
+continue them from ``rows_done`` (resume after an interruption).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+FORMAT = "infoplane.store/1"
+_CHUNK_BYTES = 1 << 20  # target ~1 MiB chunks made of whole rows
+
+Rows = Union[None, slice, Sequence[int], np.ndarray]
+
+
+class StoreError(ValueError):
+    """A file that is not a readable infoplane activation store, or a refused append."""
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _unjson(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _row_chunks(row_shape: Sequence[int], itemsize: int, n: int) -> tuple:
+    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
+    rows = int(max(1, min(n, _CHUNK_BYTES // row_bytes)))
+    return (rows, *row_shape)
+
+
+def _normalize_rows(rows: Rows, n: int):
+    """Rows for h5py fancy indexing: slice as is; index arrays sorted-unique then re-ordered."""
+    if rows is None:
+        return slice(None), None
+    if isinstance(rows, slice):
+        return rows, None
+    idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"row index out of range for a store of {n} samples")
+    idx = np.where(idx < 0, idx + n, idx)
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    return uniq, inverse
+
+
+class ActivationStore:
+    """Read (and, with ``mode="a"``, append to) an activation store.
+
+    ``ActivationStore(path)`` opens an existing store read-only; use :meth:`create` for a new one.
+    Usable as a context manager; :meth:`close` releases the file.
+    """
+
+    def __init__(self, path: Union[str, Path], mode: str = "r") -> None:
+        h5py = _h5py()
+        self.path = Path(path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        if not self.path.exists():
+            raise FileNotFoundError(f"activation store {str(self.path)!r} does not exist; "
+                                    "create one with `infoplane extract`")
+        try:
+            self._f = h5py.File(self.path, mode)
+        except OSError as exc:
+            raise StoreError(f"{str(self.path)!r} is not an HDF5 file (or is corrupt): {exc}; "
+                             "activation stores are written by `infoplane extract`") from None
+        fmt = self._f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT or "samples" not in self._f:
+            self._f.close()
+            raise StoreError(f"{str(self.path)!r} is not an infoplane activation store (format "
+                             f"{fmt!r}, expected {FORMAT!r}); create one with `infoplane extract`")
+        self.mode = mode
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, path: Union[str, Path], *, index: Sequence[int], labels: Sequence[int],
+               input_shape: Sequence[int], model: Mapping[str, Any], dataset: Mapping[str, Any],
+               split: str, provenance: Optional[Mapping[str, Any]] = None,
+               input_dtype: str = "float32") -> "ActivationStore":
+        """Create a new store with a fixed sample set; inputs are written later with
+        :meth:`write_inputs` (streamed). Refuses to overwrite an existing file."""
+        h5py = _h5py()
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{str(path)!r} already exists; open it with ActivationStore(path, 'a')")
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if index.shape != labels.shape:
+            raise ValueError(f"index ({index.shape}) and labels ({labels.shape}) must have the same length")
+        n = int(index.size)
+        if n == 0:
+            raise ValueError("cannot create a store with zero samples")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["provenance"] = _json(dict(provenance or {}))
+            f.attrs["model"] = _json(dict(model))
+            f.attrs["dataset"] = _json(dict(dataset))
+            f.attrs["split"] = str(split)
+            f.attrs["samples_complete"] = False
+            g = f.create_group("samples")
+            g.create_dataset("index", data=index)
+            g.create_dataset("label", data=labels)
+            shape = tuple(int(s) for s in input_shape)
+            dt = np.dtype(input_dtype)
+            g.create_dataset("input", shape=(n, *shape), dtype=dt,
+                             chunks=_row_chunks(shape, dt.itemsize, n))
+            f.create_group("checkpoints")
+        return cls(path, "a")
+
+    # ------------------------------------------------------------------ generic
+    def close(self) -> None:
+        if getattr(self, "_f", None) is not None and self._f.id.valid:
+            self._f.close()
+
+    def __enter__(self) -> "ActivationStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _require_write(self) -> None:
+        if self.mode != "a":
+            raise ValueError("store is open read-only; open it with ActivationStore(path, 'a')")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self._f["samples/index"].shape[0])
+
+    @property
+    def model(self) -> Dict[str, Any]:
+        return _unjson(self._f.attrs.get("model", "{}"))
+
+    @property
+    def dataset(self) -> Dict[str, Any]:
+        return _unjson(self._f.attrs.get("dataset", "{}"))
+
+    @property
+    def provenance(self) -> Dict[str, Any]:
+        return _unjson(self._f.attrs.get("provenance", "{}"))
+
+    @property
+    def samples_complete(self) -> bool:
+        return bool(self._f.attrs.get("samples_complete", False))
+
+    # ------------------------------------------------------------------ samples
+    def index(self) -> np.ndarray:
+        """(N,) int64 dataset indices of the stored samples."""
+        return self._f["samples/index"][()]
+
+    def labels(self) -> np.ndarray:
+        """(N,) int64 labels Y."""
+        return self._f["samples/label"][()]
+
+    def inputs(self, rows: Rows = None) -> np.ndarray:
+        """(N, ...) inputs X (or the chosen rows)."""
+        if not self.samples_complete:
+            raise StoreError(f"the inputs of {str(self.path)!r} were never fully written (interrupted "
+                             "extract); re-run `infoplane extract` with the same arguments to finish it")
+        return self._read_ds(self._f["samples/input"], rows)
+
+    def write_inputs(self, start: int, x: np.ndarray) -> None:
+        """Write input rows ``[start, start + len(x))``."""
+        self._require_write()
+        ds = self._f["samples/input"]
+        x = np.asarray(x, dtype=ds.dtype)
+        if x.shape[1:] != ds.shape[1:] or start < 0 or start + x.shape[0] > ds.shape[0]:
+            raise ValueError(f"input rows of shape {x.shape} at {start} do not fit the stored "
+                             f"inputs {ds.shape}")
+        ds[start:start + x.shape[0]] = x
+
+    def mark_inputs_complete(self) -> None:
+        self._require_write()
+        self._f.attrs["samples_complete"] = True
+        self._f.flush()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _group(self, ckpt: str):
+        try:
+            return self._f["checkpoints"][ckpt]
+        except KeyError:
+            raise KeyError(f"no checkpoint {ckpt!r} in {str(self.path)!r}; stored checkpoints are: "
+                           f"{', '.join(self.checkpoints()) or '(none)'}") from None
+
+    def checkpoints(self, include_incomplete: bool = False) -> List[str]:
+        """Ids of complete checkpoints ordered by (epoch, step, id)."""
+        out = []
+        for cid, g in self._f["checkpoints"].items():
+            if include_incomplete or bool(g.attrs.get("complete", False)):
+                out.append((int(g.attrs.get("epoch", -1)), int(g.attrs.get("step", -1)), cid))
+        return [cid for _, _, cid in sorted(out)]
+
+    def checkpoint_attrs(self, ckpt: str) -> Dict[str, Any]:
+        """Attributes of a checkpoint group, JSON fields decoded."""
+        g = self._group(ckpt)
+        return {k: (_unjson(v) if k in ("regime", "metrics", "model") else
+                    (v.item() if isinstance(v, np.generic) else v)) for k, v in g.attrs.items()}
+
+    def find_checkpoint(self, sha256: str) -> Optional[str]:
+        """The id of the group holding the checkpoint with this sha256 (complete or not), if any."""
+        for cid, g in self._f["checkpoints"].items():
+            if g.attrs.get("sha256") == sha256:
+                return cid
+        return None
+
+    def layers(self, ckpt: str) -> List[str]:
+        """Layer names stored for a checkpoint, in network order."""
+        g = self._group(ckpt)
+        if "layers" not in g:
+            return []
+        names = list(g["layers"].keys())
+        order = {n: int(g["layers"][n].attrs.get("order", i)) for i, n in enumerate(names)}
+        return sorted(names, key=lambda n: order[n])
+
+    def layer_attrs(self, ckpt: str, layer: str) -> Dict[str, Any]:
+        ds = self._layer_ds(ckpt, layer)
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else (v.item() if isinstance(v, np.generic) else v))
+                for k, v in ds.attrs.items()}
+
+    def _layer_ds(self, ckpt: str, layer: str):
+        g = self._group(ckpt)
+        if "layers" not in g or layer not in g["layers"]:
+            raise KeyError(f"no layer {layer!r} for checkpoint {ckpt!r}; stored layers are: "
+                           f"{', '.join(self.layers(ckpt)) or '(none)'}")
+        return g["layers"][layer]
+
+    def read(self, ckpt: str, layer: str, rows: Rows = None) -> np.ndarray:
+        """Activations (N, ...) of ``layer`` at checkpoint ``ckpt`` (rows: slice or index array)."""
+        return self._read_ds(self._layer_ds(ckpt, layer), rows)
+
+    def _read_ds(self, ds, rows: Rows) -> np.ndarray:
+        sel, inverse = _normalize_rows(rows, ds.shape[0])
+        data = ds[sel]
+        return data if inverse is None else data[inverse]
+
+    def begin_checkpoint(self, ckpt: str, *, attrs: Mapping[str, Any]) -> int:
+        """Create (or reopen, for resume) a checkpoint group; returns the rows already written.
+
+        A reopened incomplete group whose ``sha256`` differs from ``attrs["sha256"]`` is restarted.
+        """
+        self._require_write()
+        groups = self._f["checkpoints"]
+        if ckpt in groups:
+            g = groups[ckpt]
+            if bool(g.attrs.get("complete", False)):
+                raise StoreError(f"checkpoint {ckpt!r} is already complete in {str(self.path)!r}")
+            if g.attrs.get("sha256") == attrs.get("sha256"):
+                return int(g.attrs.get("rows_done", 0))
+            del groups[ckpt]
+        g = groups.create_group(ckpt)
+        for k, v in attrs.items():
+            g.attrs[k] = _json(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+        g.attrs["rows_done"] = 0
+        g.attrs["complete"] = False
+        g.create_group("layers")
+        self._f.flush()
+        return 0
+
+    def write_layer_rows(self, ckpt: str, layer: str, start: int, z: np.ndarray, *,
+                         dtype: str = "float32", module_path: Optional[str] = None,
+                         call_index: int = 1, order: int = 0) -> None:
+        """Write rows ``[start, start+len(z))`` of a layer; creates the dataset on first use."""
+        self._require_write()
+        g = self._group(ckpt)["layers"]
+        z = np.asarray(z)
+        n = self.n_samples
+        if layer not in g:
+            dt = np.dtype(dtype)
+            if dt not in (np.dtype("float32"), np.dtype("float16")):
+                raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
+            row_shape = tuple(int(s) for s in z.shape[1:])
+            ds = g.create_dataset(layer, shape=(n, *row_shape), dtype=dt,
+                                  chunks=_row_chunks(row_shape, dt.itemsize, n))
+            ds.attrs["module_path"] = module_path if module_path is not None else layer
+            ds.attrs["call_index"] = int(call_index)
+            ds.attrs["original_shape"] = np.asarray(row_shape, dtype=np.int64)
+            ds.attrs["order"] = int(order)
+        ds = g[layer]
+        if z.shape[1:] != ds.shape[1:] or start < 0 or start + z.shape[0] > n:
+            raise ValueError(f"layer {layer!r}: rows of shape {z.shape} at {start} do not fit the "
+                             f"stored dataset {ds.shape}")
+        ds[start:start + z.shape[0]] = z.astype(ds.dtype, copy=False)
+
+    def set_rows_done(self, ckpt: str, rows: int) -> None:
+        self._require_write()
+        self._group(ckpt).attrs["rows_done"] = int(rows)
+        self._f.flush()
+
+    def finish_checkpoint(self, ckpt: str) -> None:
+        """Mark a checkpoint complete (all rows of all layers written)."""
+        self._require_write()
+        g = self._group(ckpt)
+        done = int(g.attrs.get("rows_done", 0))
+        if done != self.n_samples:
+            raise StoreError(f"checkpoint {ckpt!r} has {done} of {self.n_samples} rows; cannot mark complete")
+        g.attrs["complete"] = True
+        self._f.flush()
+
+    def add_provenance(self, **items: Any) -> None:
+        """Merge entries into the root provenance JSON (lists are extended)."""
+        self._require_write()
+        prov = self.provenance
+        for k, v in items.items():
+            if isinstance(v, list) and isinstance(prov.get(k), list):
+                prov[k] = prov[k] + [x for x in v if x not in prov[k]]
+            else:
+                prov[k] = v
+        self._f.attrs["provenance"] = _json(prov)
+
+    # ------------------------------------------------------------------ checks
+    def check_compatible(self, *, model: Mapping[str, Any], index: Sequence[int],
+                         dataset_name: Optional[str] = None, split: Optional[str] = None) -> None:
+        """Refuse to mix models or sample sets in one store (raises StoreError)."""
+        mine = self.model
+        theirs = json.loads(_json(dict(model)))
+        if mine != theirs:
+            raise StoreError(f"{str(self.path)!r} holds activations of model {mine}, not {theirs}; "
+                             "write this checkpoint to a different --out file")
+        if dataset_name is not None and self.dataset.get("name") != dataset_name:
+            raise StoreError(f"{str(self.path)!r} holds samples of dataset {self.dataset.get('name')!r}, "
+                             f"not {dataset_name!r}; use a different --out file")
+        if split is not None and self._f.attrs.get("split") != split:
+            raise StoreError(f"{str(self.path)!r} holds the {self._f.attrs.get('split')!r} split, not "
+                             f"{split!r}; use a different --out file")
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        if not np.array_equal(idx, self.index()):
+            raise StoreError(f"{str(self.path)!r} was written for a different sample set "
+                             f"({self.n_samples} samples); use the same --samples/--split or a new --out file")
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """A summary: format, path, samples, model, dataset, split, checkpoints and their layers."""
+        ckpts = []
+        for cid in self.checkpoints(include_incomplete=True):
+            a = self.checkpoint_attrs(cid)
+            ckpts.append({"id": cid, "epoch": a.get("epoch"), "step": a.get("step"),
+                          "regime": a.get("regime"), "run": a.get("run"),
+                          "complete": bool(a.get("complete", False)),
+                          "layers": {n: list(self._layer_ds(cid, n).shape[1:]) for n in self.layers(cid)}})
+        return {"format": FORMAT, "path": str(self.path), "n_samples": self.n_samples,
+                "input_shape": list(self._f["samples/input"].shape[1:]),
+                "model": self.model, "dataset": self.dataset, "split": self._f.attrs.get("split"),
+                "samples_complete": self.samples_complete, "provenance": self.provenance,
+                "checkpoints": ckpts}

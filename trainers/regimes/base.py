@@ -1,0 +1,134 @@
+"""The :class:`Regime` base class every training regime derives from (see ``trainers.regimes``)."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+
+
+def make_optimizer(config: TrainConfig, params: Iterable, epochs: int
+                   ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    """Optimiser + step schedule of seed 000 F.1.1 for a run of ``epochs`` epochs.
+
+    Adam (or SGD with momentum) with ``config.lr`` and ``config.weight_decay``; the learning rate
+    is multiplied by ``config.gamma`` at ``config.resolved_milestones(epochs)`` (stepped per epoch).
+    """
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("make_optimizer got no trainable parameters")
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=config.resolved_milestones(epochs),
+                                                 gamma=config.gamma)
+    return opt, sched
+
+
+class Regime:
+    """A way of training a :class:`~infoplane.models.base.LayeredNet` (E2E, layer-wise, ...).
+
+    The epoch loop (``trainers.loop``) only talks to a regime through this interface:
+
+    ``__init__(model, config, device)``
+        build auxiliary modules into ``self.heads`` (an ``nn.ModuleDict``; saved in the
+        checkpoint's ``aux_state``, never in the backbone's state_dict) and call
+        ``self.configure_optimizers()`` (or do so later, e.g. per stage).
+    ``total_epochs() -> int``
+        how many epochs the run has (default ``config.epochs``).
+    ``on_epoch_start(epoch)``
+        called before each epoch (1-based); default: ``self.train()`` (train mode).
+    ``training_step(x, y) -> dict[str, float]``
+        one mini-batch: compute the loss(es), ``backward()``, step the optimiser(s). Return
+        plain floats; the key ``"loss"`` is required (the loop averages every key over the
+        epoch and writes it to metrics.csv as ``train_<key>``).
+    ``on_epoch_end(epoch)``
+        default: step the learning-rate schedulers.
+    ``predict(x) -> logits``
+        class scores used for train/test accuracy (default ``model(x)``); called in eval mode
+        under ``torch.no_grad()``.
+    ``aux_state() -> dict | None`` and ``describe() -> dict``
+        what goes into the checkpoint's ``aux_state`` and ``regime`` fields.
+
+    Helpers: ``parameters_groups()`` (default: backbone + heads), ``configure_optimizers(epochs)``
+    (fills ``self.optimizers``/``self.schedulers`` with :func:`make_optimizer`), ``step(loss)``
+    (zero_grad, backward, step on every optimiser), ``train()`` / ``eval()``.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device) -> None:
+        self.model = model
+        self.config = config
+        self.device = torch.device(device)
+        self.heads = nn.ModuleDict()
+        self.optimizers: List[torch.optim.Optimizer] = []
+        self.schedulers: List[Any] = []
+
+    # -- optimisation -------------------------------------------------------------------
+    def parameters_groups(self) -> List[Dict[str, Any]]:
+        """Parameter groups for the optimiser: backbone and auxiliary heads."""
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        head_params = [p for p in self.heads.parameters() if p.requires_grad]
+        if head_params:
+            groups.append({"params": head_params})
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self, epochs: Optional[int] = None) -> None:
+        """One optimiser over :meth:`parameters_groups` with the paper's schedule."""
+        opt, sched = make_optimizer(self.config, self.parameters_groups(),
+                                    self.total_epochs() if epochs is None else epochs)
+        self.optimizers, self.schedulers = [opt], [sched]
+
+    def step(self, loss: torch.Tensor) -> None:
+        """zero_grad, ``loss.backward()``, step every optimiser."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+
+    def lr(self) -> float:
+        """Current learning rate of the first optimiser (for the metrics)."""
+        return float(self.optimizers[0].param_groups[0]["lr"]) if self.optimizers else float("nan")
+
+    # -- the loop's interface --------------------------------------------------------------
+    def total_epochs(self) -> int:
+        return int(self.config.epochs)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.train()
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step")
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for sched in self.schedulers:
+            sched.step()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def aux_state(self) -> Optional[Dict[str, Any]]:
+        """Auxiliary modules' state for the checkpoint (``{"heads": state_dict}``), or None."""
+        if len(self.heads) == 0:
+            return None
+        return {"heads": {k: v.detach().cpu() for k, v in self.heads.state_dict().items()}}
+
+    def describe(self) -> Dict[str, Any]:
+        """The checkpoint's ``regime`` field: the name and the options that define the regime."""
+        return {"name": self.name}
+
+    def train(self) -> None:
+        self.model.train()
+        self.heads.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+        self.heads.eval()

@@ -1,0 +1,59 @@
+"""End-to-end training (seed 000 eq. 1; F.4.1 for the contrastive losses).
+
+``--loss ce``: cross-entropy on the network's logits, backpropagated through every layer.
+``--loss supcon`` / ``--loss simclr``: the supervised contrastive loss (eq. 14, Khosla et al.
+2020) or the SimCLR NT-Xent loss on the L2-normalised network output of two augmented views
+(the output layer plays the projection head). Accuracy then comes from a linear evaluation
+head trained with CE on the detached network output (its gradient never reaches the backbone).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+from .. import losses
+from ..augment import two_views
+from . import register_regime
+from .base import Regime
+
+
+@register_regime("e2e")
+class EndToEnd(Regime):
+    """Eq. 1: L_E2E = (1/m) sum_i l(f(x_i), y_i), one backward pass through the whole network."""
+
+    def __init__(self, model: nn.Module, config, device) -> None:
+        super().__init__(model, config, device)
+        self.loss_name = config.loss
+        if self.loss_name != "ce":
+            c = int(model.num_classes)
+            self.heads["linear_eval"] = nn.Linear(c, c).to(self.device)
+        self.configure_optimizers()
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+        cfg = self.config
+        if self.loss_name == "ce":
+            loss = losses.cross_entropy(self.model(x), y)
+            self.step(loss)
+            return {"loss": float(loss.detach())}
+        n = x.shape[0]
+        out = self.model(two_views(x, cfg.aug_noise, cfg.aug_crop_pad))
+        if self.loss_name == "supcon":
+            main = losses.supcon_loss(out, torch.cat([y, y]), cfg.temperature)
+        else:
+            main = losses.simclr_loss(out[:n], out[n:], cfg.temperature)
+        probe = losses.cross_entropy(self.heads["linear_eval"](out.detach()), torch.cat([y, y]))
+        self.step(main + probe)
+        return {"loss": float(main.detach()), "probe_ce": float(probe.detach())}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out if self.loss_name == "ce" else self.heads["linear_eval"](out)
+
+    def describe(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"name": self.name, "loss": self.loss_name}
+        if self.loss_name != "ce":
+            d.update(temperature=self.config.temperature, aug_noise=self.config.aug_noise,
+                     aug_crop_pad=self.config.aug_crop_pad, eval_head="linear on detached output")
+        return d

@@ -1,0 +1,250 @@
+"""Greedy supervised learning with K local modules (greedy SL, seed 003 sec. 2, Table 1) and DGL.
+
+The network is split into K gradient-isolated modules (:class:`trainers.local_modules.LocalModules`,
+seed 003 appendix F). Modules 1..K-1 are trained by the softmax cross-entropy of an auxiliary
+classifier on their output h_k; the last module (which holds the output layer) by plain CE on the
+logits ("K = 1" is E2E training).
+
+* ``greedy``: auxiliary net = global average pool + one linear layer (seed 003 Table 1 caption).
+* ``dgl``: decoupled greedy learning (Belilovsky et al. 2020) with the 1-conv + 2-FC auxiliary
+  classifier of seed 003 Table 8 (:class:`ConvFCHead`).
+
+Options (``config.regime_kwargs``; CLI ``--regime-kwargs modules=4 async=1``):
+``modules`` K (default 4), ``async`` (seed 003 sec. 4: module k trained alone for
+``epochs_per_module`` epochs on cached outputs of the frozen, completely trained modules < k;
+default: simultaneous training, every module's backward pass on every mini-batch),
+``epochs_per_module`` (async; default ``epochs // K``), ``cache_rows`` (async cache size).
+
+:class:`ModularRegime` is the shared base of greedy, dgl, infopro and contsup: subclasses add
+their auxiliary networks in :meth:`build_aux` and their loss in :meth:`local_loss`; ContSup also
+overrides :meth:`module_input` (the context supply).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..local_modules import ActivationCache, LocalModules
+from . import register_regime
+from .base import Regime, make_optimizer
+
+
+def _flag(v: Any) -> bool:
+    if isinstance(v, str):
+        if v.lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"expected a boolean (1/0/true/false), got {v!r}")
+    return bool(v)
+
+
+class PoolLinearHead(nn.Module):
+    """Global average pool + linear (seed 003 Table 1): (N,C,H,W) or (N,d) -> (N,out_dim)."""
+
+    def __init__(self, feature_shape: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in feature_shape)
+        self.spatial = len(shape) == 3
+        d = shape[0] if self.spatial else int(torch.Size(shape).numel())
+        self.fc = nn.Linear(d, int(out_dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.mean(dim=(2, 3)) if self.spatial else h.flatten(1)
+        return self.fc(h)
+
+
+class ConvFCHead(nn.Module):
+    """Seed 003 Table 8 (psi / phi; = seed 004 Table 6): one conv + two FC layers.
+
+    Feature maps of side >= 32: 3x3 conv stride 2 to 32 channels; side >= 16: stride 2 to 64;
+    smaller: stride 1 to 64; each + BatchNorm + ReLU; global average pool; FC -> ``hidden`` (128),
+    ReLU; FC -> ``out_dim`` (classes for psi, 128 for the contrastive phi). Flat features (MLP
+    layers) skip the conv: FC -> 128, ReLU, FC -> out_dim.
+    """
+
+    def __init__(self, feature_shape: Sequence[int], out_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in feature_shape)
+        if len(shape) == 3:
+            c, h, _ = shape
+            ch, stride = (32, 2) if h >= 32 else ((64, 2) if h >= 16 else (64, 1))
+            self.conv: Optional[nn.Module] = nn.Sequential(
+                nn.Conv2d(c, ch, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU())
+            d = ch
+        else:
+            self.conv = None
+            d = int(torch.Size(shape).numel())
+        self.fc = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, int(out_dim)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.conv is not None:
+            h = self.conv(h).mean(dim=(2, 3))
+        return self.fc(h.flatten(1))
+
+
+class ModularRegime(Regime):
+    """K gradient-isolated modules, simultaneous or asynchronous (seed 003 sec. 4)."""
+
+    default_modules = 4
+
+    def __init__(self, model: nn.Module, config, device) -> None:
+        super().__init__(model, config, device)
+        kw = config.regime_kwargs
+        self.K = int(kw.get("modules", self.default_modules))
+        self.split = LocalModules(model, self.K, device=self.device)
+        self.async_mode = _flag(kw.get("async", False))
+        self.num_classes = int(getattr(model, "num_classes"))
+        self.build_aux()
+        self.heads.to(self.device)
+        self.stage: Optional[int] = None
+        self.cache: Optional[ActivationCache] = None
+        if self.async_mode:
+            epm = kw.get("epochs_per_module", config.epochs_per_layer)
+            self.epochs_per_module = int(epm) if epm is not None else max(1, int(config.epochs) // self.K)
+            if self.epochs_per_module < 1:
+                raise ValueError(f"epochs_per_module must be >= 1, got {self.epochs_per_module}")
+            self.cache_rows = int(kw.get("cache_rows", 200_000))
+        else:
+            self.configure_optimizers()
+
+    # -- to override ------------------------------------------------------------------------
+    def build_aux(self) -> None:
+        """Fill ``self.heads`` with the auxiliary networks of modules 0..K-2."""
+
+    def aux_of(self, k: int) -> List[nn.Module]:
+        """Auxiliary modules trained with module ``k`` (optimised in its stage)."""
+        return [m for name, m in self.heads.items() if name.rsplit("_", 1)[-1] == str(k)]
+
+    def local_loss(self, k: int, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of module ``k < K-1`` on its output ``h``."""
+        raise NotImplementedError
+
+    def module_input(self, k: int, x: torch.Tensor, h_prev: torch.Tensor, in_prev: torch.Tensor) -> torch.Tensor:
+        """Input of module ``k >= 1`` from the (detached) output and input of module k-1."""
+        return h_prev
+
+    # -- forward ------------------------------------------------------------------------------
+    def module_loss(self, k: int, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if k == self.K - 1:
+            return F.cross_entropy(h, y)  # the last module: plain E2E loss (seed 003 sec. 4)
+        return self.local_loss(k, h, x, y)
+
+    def run(self, x: torch.Tensor, y: Optional[torch.Tensor], start: int = 0, stop: Optional[int] = None,
+            h: Optional[torch.Tensor] = None, inp: Optional[torch.Tensor] = None
+            ) -> Tuple[Dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Modules ``start..stop-1`` with StopGrad between them; losses only when ``y`` is given.
+
+        Returns (losses by module, last output, last module input)."""
+        stop = self.K if stop is None else stop
+        losses: Dict[int, torch.Tensor] = {}
+        for k in range(start, stop):
+            inp = x if k == 0 else self.module_input(k, x, h.detach(), inp.detach())  # type: ignore[union-attr]
+            h = self.split.blocks[k](inp)
+            if y is not None:
+                losses[k] = self.module_loss(k, h, x, y)
+        return losses, h, inp  # type: ignore[return-value]
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, None)[1]
+
+    # -- simultaneous / asynchronous training --------------------------------------------------
+    def total_epochs(self) -> int:
+        return self.epochs_per_module * self.K if self.async_mode else int(self.config.epochs)
+
+    def stage_of(self, epoch: int) -> int:
+        return min((int(epoch) - 1) // self.epochs_per_module, self.K - 1)
+
+    def _prefix(self, k: int):
+        def fn(x: torch.Tensor) -> List[torch.Tensor]:
+            _, h, inp = self.run(x, None, 0, k)
+            return [h, inp]
+        return fn
+
+    def enter_stage(self, k: int) -> None:
+        """Async: freeze modules < k, optimise module k (+ its aux nets), fresh output cache."""
+        self.stage = k
+        for j, block in enumerate(self.split.blocks):
+            block.requires_grad_(j == k)
+        for name, m in self.heads.items():
+            m.requires_grad_(any(m is a for a in self.aux_of(k)))
+        params = self.split.parameters_of(k) + [p for a in self.aux_of(k) for p in a.parameters()]
+        opt, sched = make_optimizer(self.config, params, self.epochs_per_module)
+        self.optimizers, self.schedulers = [opt], [sched]
+        self.cache = ActivationCache(self._prefix(k), self.cache_rows) if k > 0 else None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.async_mode:
+            k = self.stage_of(epoch)
+            if k != self.stage:
+                self.enter_stage(k)
+        self.train()
+
+    def train(self) -> None:
+        super().train()
+        if self.async_mode and self.stage is not None:
+            for j, block in enumerate(self.split.blocks):
+                block.train(j == self.stage)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if self.async_mode and self.stage is None:
+            return
+        super().on_epoch_end(epoch)
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+        if self.async_mode:
+            if self.stage is None:
+                self.enter_stage(0)
+            k = self.stage
+            if k == 0:
+                losses, _, _ = self.run(x, y, 0, 1)
+            else:
+                h, inp = self.cache(x)  # type: ignore[misc]
+                losses, _, _ = self.run(x, y, k, k + 1, h=h, inp=inp)
+        else:
+            losses, _, _ = self.run(x, y)
+        total = torch.stack([v.float() for v in losses.values()]).sum()
+        self.step(total)
+        stats = {"loss": float(total.detach())}
+        stats.update({f"loss_m{k}": float(v) for k, v in losses.items()})
+        return stats
+
+    def describe(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"name": self.name, "K": self.K, "modules": [list(m) for m in self.split.modules_names],
+                             "mode": "async" if self.async_mode else "simultaneous", "last_module_loss": "ce"}
+        if self.async_mode:
+            d["epochs_per_module"] = self.epochs_per_module
+        return d
+
+
+@register_regime("greedy")
+class GreedySL(ModularRegime):
+    """Greedy SL: CE of a global-pool + linear classifier after each module (seed 003 Table 1)."""
+
+    def build_aux(self) -> None:
+        for k in range(self.K - 1):
+            self.heads[f"aux_{k}"] = PoolLinearHead(self.split.feature_shapes[k], self.num_classes)
+
+    def local_loss(self, k: int, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.heads[f"aux_{k}"](h), y)
+
+    def describe(self) -> Dict[str, Any]:
+        return {**super().describe(), "aux": "global-pool+linear", "local_loss": "ce"}
+
+
+@register_regime("dgl")
+class DGL(GreedySL):
+    """Decoupled greedy learning: CE of a 1-conv + 2-FC classifier (seed 003 Table 8) per module."""
+
+    def build_aux(self) -> None:
+        for k in range(self.K - 1):
+            self.heads[f"aux_{k}"] = ConvFCHead(self.split.feature_shapes[k], self.num_classes)
+
+    def describe(self) -> Dict[str, Any]:
+        return {**super().describe(), "aux": "conv+2fc (seed 003 Table 8)"}
+
+
+__all__ = ["PoolLinearHead", "ConvFCHead", "ModularRegime", "GreedySL", "DGL"]
