@@ -86,14 +86,17 @@ class EstimateConfig:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
 
 
-def _fast_module():
-    """``infoplane.estimators.fast`` if it provides the factored nHSIC API, else None."""
+def _fast_api():
+    """``(fast, batched)`` modules of ``infoplane.estimators`` when they provide the factored /
+    vectorised nHSIC (``CenteredFactor``, ``factorize``, ``nhsic_factored``, ``nhsic_minibatches``),
+    else None (then the registry's plain ``nhsic`` is called batch by batch)."""
     try:
-        from infoplane.estimators import fast
+        from infoplane.estimators import batched, fast
     except ImportError:
         return None
-    needed = ("CenteredFactor", "factorize", "nhsic_factored", "nhsic_minibatches")
-    return fast if all(hasattr(fast, n) for n in needed) else None
+    ok = all(hasattr(fast, n) for n in ("CenteredFactor", "factorize", "nhsic_factored")) and \
+        hasattr(batched, "nhsic_minibatches")
+    return (fast, batched) if ok else None
 
 
 def write_csv_atomic(df: pd.DataFrame, path: PathLike) -> Path:
@@ -133,79 +136,111 @@ def _to_float(v: Any) -> float:
     return float(v)
 
 
+class _NotApplicable(Exception):
+    """The estimator does not measure this target (e.g. a label-only estimator and X)."""
+
+
 class _Runner:
-    """Evaluates one estimator on (Z, target) over the batch plan, caching target-side work."""
+    """Evaluates one estimator on (Z, target) over the batch plan, caching target-side work.
+
+    nHSIC goes through the vectorised minibatch code (``estimators.batched``) or, with ``full``,
+    the factored full-sample code (``estimators.fast``) with the target's factor computed once per
+    store. Other kernel estimators get Gram matrices per batch (target Grams cached).
+    """
 
     def __init__(self, store: ActivationStore, cfg: EstimateConfig) -> None:
-        from infoplane.estimators import get_estimator
         from infoplane import kernels
+        from infoplane.estimators import get_estimator
 
         self.k = kernels
         self.cfg = cfg
         self.spec = get_estimator(cfg.estimator)
-        self.kind = getattr(self.spec, "kind", "kernel")
+        self.kind = self.spec.kind
         self.device = torch.device(cfg.device)
         n = store.n_samples
         m = n if cfg.full or self.kind == "neural" else min(int(cfg.batch_size), n)
         self.m = m
         self.n_batches = n // m
+        self.used = self.n_batches * m
         self.batches = [np.arange(b * m, (b + 1) * m) for b in range(self.n_batches)]
-        rng = np.random.default_rng(int(cfg.seed))
-        self.perm = rng.permutation(n)
+        self.perm = np.random.default_rng(int(cfg.seed)).permutation(n)
         self.inputs = store.inputs()
         self.labels = store.labels()
         nc = (store.dataset or {}).get("num_classes")
         self.num_classes = int(nc) if nc else int(self.labels.max()) + 1
-        self.params: Dict[str, Any] = {}
-        if self.spec.name in ("nhsic",) or "eps" in (getattr(self.spec, "params", None) or {}):
+        self.params: Dict[str, Any] = dict(self.spec.defaults)
+        if "eps" in self.params or self.spec.name == "nhsic":
             self.params["eps"] = float(cfg.eps)
-        self.fast = _fast_module() if self.spec.name == "nhsic" and self.kind == "kernel" else None
-        self._target_cache: Dict[tuple, Any] = {}
+        self.fast = _fast_api() if self.spec.name == "nhsic" else None
+        if cfg.tolerance is not None and not (self.fast is not None and cfg.full):
+            raise ValueError("--tolerance applies to full-sample nHSIC (--full --estimator nhsic) only")
+        self._cache: Dict[tuple, Any] = {}
 
-    # -- kernels --------------------------------------------------------------------------
     def _rbf(self, a: np.ndarray) -> torch.Tensor:
         return self.k.rbf_gram(torch.as_tensor(a), sigma=self.cfg.sigma, squared=self.cfg.squared,
                                device=self.device)
 
     def _target_gram(self, target: str, b: int) -> torch.Tensor:
         key = ("gram", target, b)
-        if key not in self._target_cache:
+        if key not in self._cache:
             rows = self.batches[b]
             if target == "x":
                 g = self._rbf(self.inputs[rows])
             else:
                 g = self.k.label_gram(torch.as_tensor(self.labels[rows]), num_classes=self.num_classes,
                                       device=self.device)
-            self._target_cache[key] = g
-        return self._target_cache[key]
+            self._cache[key] = g
+        return self._cache[key]
 
     def _target_raw(self, target: str, rows: np.ndarray) -> np.ndarray:
         return self.inputs[rows] if target == "x" else self.labels[rows]
 
-    def _target_factor(self, target: str, b: int):
-        key = ("factor", target, b)
-        if key not in self._target_cache:
-            self._target_cache[key] = self._factor(self._target_gram(target, b))
-        return self._target_cache[key]
+    def _target_factor(self, target: str):
+        """Full-sample factor of X (RBF) or Y (one-hot, linear), computed once per store."""
+        key = ("factor", target)
+        if key not in self._cache:
+            fast = self.fast[0]
+            if target == "x":
+                f = fast.factorize(self.inputs[: self.used], kernel="rbf", sigma=self.cfg.sigma,
+                                   squared=self.cfg.squared, tolerance=self.cfg.tolerance, device=self.device)
+            else:
+                f = fast.factorize(self.labels[: self.used], kernel="label", num_classes=self.num_classes,
+                                   device=self.device)
+            self._cache[key] = f
+        return self._cache[key]
 
-    def _factor(self, K: torch.Tensor):
-        return self.fast.factorize(K, eps=float(self.cfg.eps), tolerance=self.cfg.tolerance)
-
-    # -- one (Z, target) pair over all batches --------------------------------------------
     def values(self, reader: _LayerReader, target: str, shuffled: bool) -> List[float]:
+        """Per-batch values of the estimator on (Z rows, target rows) (Z rows permuted if shuffled)."""
+        zidx = self.perm[: self.used] if shuffled else np.arange(self.used)
+        if self.fast is not None:
+            fast, batched = self.fast
+            z = reader.rows(zidx)
+            if self.cfg.full:
+                fz = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
+                                    tolerance=self.cfg.tolerance, device=self.device)
+                v, _err = fast.nhsic_factored(fz, self._target_factor(target), eps=float(self.cfg.eps))
+                return [float(v)]
+            other = self.inputs[: self.used] if target == "x" else self.labels[: self.used]
+            vals = batched.nhsic_minibatches(z, other, kernel_other="rbf" if target == "x" else "label",
+                                             batch_size=self.m, eps=float(self.cfg.eps), sigma=self.cfg.sigma,
+                                             squared=self.cfg.squared, device=self.device,
+                                             num_classes=self.num_classes)
+            return [float(v) for v in vals]
         out = []
         for b, rows in enumerate(self.batches):
-            zrows = self.perm[rows] if shuffled else rows
-            z = reader.rows(zrows)
+            z = reader.rows(zidx[rows])
             if self.kind == "kernel":
-                Kz = self._rbf(z)
-                if self.fast is not None:
-                    v = self.fast.nhsic_factored(self._factor(Kz), self._target_factor(target, b))
-                else:
-                    v = self.spec.fn(Kz, self._target_gram(target, b), **self.params)
+                v = self.spec.fn(self._rbf(z), self._target_gram(target, b), **self.params)
             else:
-                v = self.spec.fn(z, self._target_raw(target, rows))
+                try:
+                    v = self.spec.fn(z, self._target_raw(target, rows), **self.params)
+                except ValueError:
+                    if target == "x" and b == 0:
+                        raise _NotApplicable() from None
+                    raise
             out.append(_to_float(v))
+        if self.kind != "kernel" and all(math.isnan(v) for v in out):
+            raise _NotApplicable()
         return out
 
 
@@ -259,7 +294,10 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
             reader = _LayerReader(store, c, name)
             for target in ("x", "y"):
                 t0 = time.perf_counter()
-                vals = runner.values(reader, target, shuffled=False)
+                try:
+                    vals = runner.values(reader, target, shuffled=False)
+                except _NotApplicable:
+                    continue  # e.g. a label-only estimator and target x: no row
                 base = runner.values(reader, target, shuffled=True) if cfg.baseline else []
                 seconds = time.perf_counter() - t0
                 rows.append({
@@ -268,11 +306,11 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
                     "layer_index": i, "estimator": cfg.estimator, "target": target,
                     "value": float(np.mean(vals)),
                     "baseline": float(np.mean(base)) if base else math.nan,
-                    "n_samples": runner.m * runner.n_batches, "batch_size": runner.m,
+                    "n_samples": runner.used, "batch_size": runner.m,
                     "n_batches": runner.n_batches,
                     "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan,
                     "baseline_std": float(np.std(base, ddof=1)) if len(base) > 1 else math.nan,
-                    "seconds": seconds, "eps": float(cfg.eps) if "eps" in runner.params else math.nan,
+                    "seconds": seconds, "eps": float(runner.params["eps"]) if "eps" in runner.params else math.nan,
                     "sigma_rule": sigma_rule, "distance": "squared" if cfg.squared else "euclidean",
                     "seed": int(cfg.seed), "store": str(path)})
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -282,9 +320,6 @@ def estimate_to_csv(path: PathLike, out: PathLike, config: Optional[EstimateConf
     """:func:`estimate_store` then an atomic CSV write; returns the CSV path."""
     return write_csv_atomic(estimate_store(path, config), out)
 
-
-def config_dict(cfg: EstimateConfig) -> Dict[str, Any]:
-    return asdict(cfg)
 
 
 __all__ = ["EstimateConfig", "estimate_store", "estimate_to_csv", "write_csv_atomic", "COLUMNS"]

@@ -42,7 +42,7 @@ REQUIRED_COLUMNS = ("estimator", "target", "value", "layer", "epoch")
 STORE_SUFFIXES = (".h5", ".hdf5")
 NEURAL = ("decoder", "classifier", "linear-probe")
 
-__all__ = ["ReportConfig", "build_report", "collect_inputs", "trajectory_statistics",
+__all__ = ["ReportConfig", "build_report", "collect_inputs", "trajectory_statistics", "add_cli", "run_cli",
            "differentiation_statistics", "ib_signature", "read_estimates"]
 
 
@@ -99,19 +99,24 @@ def _is_estimates_csv(path: Path) -> bool:
     return all(c in cols for c in REQUIRED_COLUMNS)
 
 
-def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[pd.DataFrame, List[Path]]:
-    """Resolve run directories, stores and CSVs into (all estimate rows, store paths)."""
+def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[pd.DataFrame, List[Path], List[Path]]:
+    """Resolve run directories, stores and CSVs into (estimate rows, store paths, run metrics.csv paths)."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     if not inputs:
         raise ValueError("give at least one run directory, activation store (.h5) or estimates CSV")
     csvs: List[Path] = []
     stores: List[Path] = []
+    metric_csvs: List[Path] = []
     for p in map(Path, inputs):
         if not p.exists():
             raise FileNotFoundError(f"{str(p)!r} does not exist (expected a run directory, a store or a CSV)")
         if p.is_dir():
-            csvs += [c for c in sorted(p.rglob("*.csv")) if _is_estimates_csv(c)]
+            for c in sorted(p.rglob("*.csv")):
+                if _is_estimates_csv(c):
+                    csvs.append(c)
+                elif c.name == "metrics.csv" and any(q.suffix == ".pt" for q in c.parent.iterdir()):
+                    metric_csvs.append(c)  # a trainers run directory's per-epoch metrics
             stores += sorted(q for q in p.rglob("*") if q.suffix in STORE_SUFFIXES)
         elif p.suffix == ".csv":
             csvs.append(p)
@@ -123,7 +128,24 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[pd.DataFrame, List[Path]
     if not frames and not stores:
         raise ValueError(f"no estimates table or activation store found in {[str(p) for p in inputs]}")
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
-    return _normalise_estimates(df), list(dict.fromkeys(stores))
+    return _normalise_estimates(df), list(dict.fromkeys(stores)), metric_csvs
+
+
+def _run_metrics(paths: Sequence[Path]) -> pd.DataFrame:
+    """Long metrics table from trainers' ``metrics.csv`` files (run = the directory name)."""
+    rows = []
+    for p in paths:
+        m = pd.read_csv(p)
+        if "epoch" not in m.columns:
+            continue
+        for col in m.columns:
+            if col in ("epoch", "step") or not pd.api.types.is_numeric_dtype(m[col]):
+                continue
+            for e, v in zip(m["epoch"], m[col]):
+                if pd.notna(v) and math.isfinite(float(v)):
+                    rows.append({"run": p.parent.name, "regime": "", "epoch": int(e), "metric": str(col),
+                                 "value": float(v), "source": str(p)})
+    return pd.DataFrame(rows, columns=["run", "regime", "epoch", "metric", "value", "source"])
 
 
 def _normalise_estimates(df: pd.DataFrame) -> pd.DataFrame:
@@ -485,8 +507,8 @@ s_t its minibatch standard deviation (the `std` column) and b_t the shuffled-pai
   over checkpoints).
 - **compression** = drop / noise: how far the layer fell from its peak in units of the run's own
   estimation noise. A layer **compresses** when compression ≥ {thr:g}. The peak is the maximum
-  of a noisy trajectory, so a flat trajectory also has compression > 0 (about 1–2 for ~10
-  checkpoints); the threshold is chosen with that in mind.
+  of a noisy trajectory, so a flat trajectory whose values scatter between checkpoints by about
+  the minibatch sd still has a compression of order 1; the threshold is chosen with that in mind.
 - **margin** = (last − b_last) / noise: distance of the final value above the null level.
 - **Layer-role differentiation** (per run and target): sd and range across layers of the
   compression, the number of compressing layers, and the mean pairwise Pearson correlation of the
@@ -515,11 +537,15 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     cfg.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df, stores = collect_inputs(inputs)
+    df, stores, metric_csvs = collect_inputs(inputs)
     thr = float(cfg.threshold)
 
     metrics = _store_metrics(stores) if stores else pd.DataFrame(
         columns=["run", "regime", "epoch", "metric", "value", "source"])
+    if metric_csvs:  # runs without a store: their trainers metrics.csv
+        extra = _run_metrics(metric_csvs)
+        extra = extra[~extra["run"].isin(set(metrics["run"]))]
+        metrics = pd.concat([metrics, extra], ignore_index=True) if len(metrics) else extra
     kernel_ests = [e for e in dict.fromkeys(df["estimator"]) if e not in NEURAL]
     est = cfg.estimator or ("nhsic" if "nhsic" in kernel_ests else (kernel_ests[0] if kernel_ests else None))
     if cfg.estimator is not None and cfg.estimator not in set(df["estimator"]):
@@ -531,7 +557,7 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     if len(nn_rows):
         last = nn_rows.groupby(["run", "estimator"])["epoch"].transform("max")
         probes = nn_rows[nn_rows["epoch"] == last].copy()
-        probes = probes[probes["target"].isin(["x", "y"])]
+        probes = probes[probes["target"].isin(["x", "y"]) & probes["value"].notna()]  # NaN: not applicable
     recs: Dict[str, Dict[str, Any]] = {}
     if stores and (cfg.reconstruct or cfg.probe):
         run_probe = cfg.probe and not (len(probes) and (probes["estimator"] == "linear-probe").any())
@@ -553,7 +579,8 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
         last_ep = metrics.groupby("run")["epoch"].transform("max")
         fin = metrics[metrics["epoch"] == last_ep].pivot_table(index=["run", "regime", "epoch"], columns="metric",
                                                              values="value").reset_index()
-        md.append("Metrics stored with each checkpoint (store checkpoint attrs), at the last epoch:")
+        md.append("Metrics stored with each checkpoint (store checkpoint attrs, else the run's metrics.csv), "
+                  "at the last epoch:")
         md.append("")
         md.append(_md_table(fin, list(fin.columns)))
         if fig:
@@ -627,3 +654,37 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     tmp.write_text("\n".join(md), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------- command line
+def add_cli(subparsers: Any) -> Any:
+    """Add the ``report`` subcommand to an argparse subparsers object (used by ``infoplane.cli``)."""
+    p = subparsers.add_parser("report", help="markdown report + figures comparing runs/regimes",
+                              description="Write OUT/report.md, figures and summary tables from run "
+                                          "directories, activation stores (.h5) and estimates CSVs.")
+    p.add_argument("inputs", nargs="+", help="run directories, .h5 stores and/or estimates .csv files")
+    p.add_argument("--out", default="report", help="output directory (default: report)")
+    p.add_argument("--estimator", default=None, help="estimator of the planes (default: nhsic if present)")
+    p.add_argument("--threshold", type=float, default=2.0, help="noise units for a significant drop (2)")
+    p.add_argument("--reconstruct", type=int, default=6, help="reconstruction examples per layer (0 = off)")
+    p.add_argument("--no-probe", action="store_true", help="do not run linear probes on the stores")
+    p.add_argument("--decoder-epochs", type=int, default=10)
+    p.add_argument("--probe-epochs", type=int, default=30)
+    p.add_argument("--max-samples", type=int, default=2000, help="stored samples used by probes/decoders")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--title", default="infoplane report")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: Any) -> int:
+    """Run the ``report`` subcommand from parsed arguments; prints the report path."""
+    cfg = ReportConfig(threshold=args.threshold, estimator=args.estimator, reconstruct=args.reconstruct,
+                       probe=not args.no_probe, decoder_epochs=args.decoder_epochs, probe_epochs=args.probe_epochs,
+                       max_samples=args.max_samples, device=args.device, seed=args.seed,
+                       progress=not args.no_progress, title=args.title)
+    path = build_report(args.inputs, args.out, cfg)
+    print(path)
+    return 0

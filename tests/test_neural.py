@@ -112,3 +112,39 @@ def test_unit_range_modes():
 def test_bad_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_registered_and_run_through_estimate_store(tmp_path):
+    from infoplane.estimate import EstimateConfig, estimate_store
+    from infoplane.estimators import get_estimator, list_estimators
+    from test_report import _tiny_store
+
+    assert {"decoder", "classifier", "linear-probe"} <= set(list_estimators("neural"))
+    assert get_estimator("decoder").fn(np.zeros((8, 2)), np.arange(8) % 2)["applicable"] == 0.0  # wrong target
+    _tiny_store(tmp_path / "s.h5", "e2e")
+    df = estimate_store(tmp_path / "s.h5", EstimateConfig(estimator="linear-probe", progress=False))
+    y = df[df["target"] == "y"].set_index(["checkpoint", "layer"])["value"]
+    assert df[df["target"] == "x"]["value"].isna().all()
+    assert (y.xs("fc1", level="layer") > 0.8).all()  # fc1 holds one-hot labels + small noise
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=60))
+def test_label_entropy_bounds(labels):
+    y = np.asarray(labels)
+    h = neural.label_entropy(y)
+    assert -1e-12 <= h <= math.log(len(np.unique(y))) + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 200), st.floats(0.05, 0.95), st.integers(0, 10 ** 6))
+def test_split_partitions(n, frac, seed):
+    try:
+        tr, te = neural.train_test_split_indices(n, frac, seed)
+    except ValueError:
+        assert int(math.floor(frac * n)) < 2 or n - int(math.floor(frac * n)) < 1
+        return
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == n and len(tr) == int(math.floor(frac * n))

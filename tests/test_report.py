@@ -138,3 +138,32 @@ def test_bad_inputs(tmp_path):
     _estimates_csv(tmp_path / "est.csv")
     with pytest.raises(ValueError, match="unknown report option"):
         report.build_report([tmp_path / "est.csv"], tmp_path / "rep", bogus=1)
+
+
+def test_cli_entry(tmp_path, capsys):
+    import argparse
+    _estimates_csv(tmp_path / "est.csv")
+    ap = argparse.ArgumentParser()
+    report.add_cli(ap.add_subparsers(dest="cmd"))
+    args = ap.parse_args(["report", str(tmp_path / "est.csv"), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert args.func(args) == 0
+    assert (tmp_path / "r" / "report.md").exists() and "report.md" in capsys.readouterr().out
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=3, max_size=12), st.floats(0.01, 2.0), st.floats(0.1, 10.0),
+       st.floats(-3, 3))
+def test_compression_affine_invariant(values, sd, scale, shift):
+    """compression and margin are unchanged by v -> a v + b (with sd -> a sd, baseline -> a b0 + b)."""
+    def frame(v, s, b):
+        return pd.DataFrame({"run": "r", "estimator": "e", "target": "x", "layer": "l", "layer_index": 1,
+                             "epoch": range(len(v)), "value": v, "std": s, "baseline": b, "baseline_std": s})
+    v = np.asarray(values)
+    a = report.trajectory_statistics(frame(v, sd, 0.3)).iloc[0]
+    b = report.trajectory_statistics(frame(scale * v + shift, scale * sd, scale * 0.3 + shift)).iloc[0]
+    assert a.compression >= 0 and a.compression == pytest.approx(b.compression, rel=1e-6, abs=1e-6)
+    assert a.margin == pytest.approx(b.margin, rel=1e-6, abs=1e-6)
+    assert a.peak_epoch == b.peak_epoch

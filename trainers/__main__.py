@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output directory (refused if not empty)")
     g.add_argument("--overwrite", action="store_true")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-identical CUDA runs)")
     g.add_argument("--device", default=d.device, help="cpu, cuda or auto")
     g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="checkpoint schedule")
     g.add_argument("--num-checkpoints", type=int, default=d.num_checkpoints, help="for --schedule log")
@@ -98,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         nhsic_sigma=sigma, nhsic_eps=args.nhsic_eps, regime_kwargs=parse_kv(args.regime_kwargs, "--regime-kwargs"),
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
         milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
-        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, epochs=args.epochs, seed=args.seed,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, epochs=args.epochs, seed=args.seed, deterministic=args.deterministic,
         device=args.device, out=args.out, overwrite=args.overwrite, schedule=args.schedule,
         num_checkpoints=args.num_checkpoints, save_init=not args.no_save_init, eval_train=not args.no_eval_train,
         num_workers=args.num_workers, progress=not args.no_progress)

@@ -37,7 +37,8 @@ class TrainConfig:
     Regime (see docs/regimes.md)
         regime: a name of ``trainers.regimes`` (e2e, layerwise, layerwise-sequential, ...).
         loss: the E2E loss (ce|supcon|simclr). local_loss: the layer-wise loss
-        (ce|supcon|sim|sp-hard|sp-soft). aux: auxiliary network size (none|linear|mlp|mlp2|conv).
+        (ce|supcon|sim|sp-hard|sp-soft). aux: auxiliary network (none|linear|mlp|mlp2|conv, or
+        auto = the loss's choice in B.2: linear for ce/supcon, conv for sim, none for sp).
         epochs_per_layer: sequential layer-wise training (then epochs = this x number of layers).
         nhsic_lambda, nhsic_target, nhsic_sigma, nhsic_eps: the augmenting term of eq. 11.
         regime_kwargs: extra options for regimes added later (read by those regimes).
@@ -45,7 +46,8 @@ class TrainConfig:
         optimizer (adam|sgd), lr, weight_decay, momentum (sgd), milestones (epochs; None =
         paper fractions of the run), gamma, batch_size, epochs.
     Run
-        out: output directory; schedule: save a checkpoint every epoch or on a log-spaced
+        seed; deterministic: also ask torch for deterministic kernels (bit-identical CUDA runs,
+        slower; CPU runs are reproducible without it). out: output directory; schedule: save a checkpoint every epoch or on a log-spaced
         grid of ``num_checkpoints`` epochs; save_init writes epoch_0000.pt (initialisation).
     """
 
@@ -87,6 +89,7 @@ class TrainConfig:
     epochs: int = 100
     # run
     seed: int = 0
+    deterministic: bool = False
     device: str = "auto"
     out: Optional[str] = None
     overwrite: bool = False

@@ -45,11 +45,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); ``deterministic`` also selects deterministic
+    kernels (``torch.use_deterministic_algorithms``, cuDNN without benchmarking)."""
     random.seed(int(seed))
     np.random.seed(int(seed) % (2 ** 32))
     torch.manual_seed(int(seed))
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 
 def checkpoint_epochs(total: int, schedule: str = "every", num: int = 30) -> List[int]:
@@ -164,9 +170,19 @@ def _model_kwargs(config: TrainConfig, info) -> Dict[str, Any]:
 
 def train(config: TrainConfig) -> List[Path]:
     """Run ``config`` and return the checkpoint paths written (empty when ``config.out`` is None)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        return _train(config)
+    finally:  # deterministic mode is global torch state: give it back as we found it
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def _train(config: TrainConfig) -> List[Path]:
     config.validate()
     device = resolve_device(config.device)
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     info = dataset_info(config.dataset)
     train_ds = _subset(load_dataset(config.dataset, "train", config.data_root, config.download),
                        config.subset, config.seed)

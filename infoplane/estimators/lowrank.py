@@ -136,7 +136,8 @@ def pivoted_cholesky(cols: Callable[[torch.Tensor], torch.Tensor], diag: torch.T
     taken = torch.zeros(m, dtype=torch.bool, device=device)
     while r < max_rank and history[-1] > target:
         k = min(block, max_rank - r, m - r)
-        cand = torch.topk(res.masked_fill(taken, -1.0), k).indices
+        # stable sort: ties (e.g. the all-ones RBF diagonal) go to the lowest index on CPU and GPU alike
+        cand = torch.sort(res.masked_fill(taken, -1.0), descending=True, stable=True).indices[:k]
         before = res[cand].clone()
         if float(before.max()) <= 0.0:
             break

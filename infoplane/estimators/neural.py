@@ -38,7 +38,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 __all__ = [
     "DecoderConfig", "ClassifierConfig", "LinearProbeConfig",
     "decoder_information", "decoder_reconstructions", "classifier_information", "linear_probe",
-    "to_unit_range", "label_entropy", "train_test_split_indices",
+    "to_unit_range", "label_entropy", "train_test_split_indices", "TARGETS",
 ]
 
 
@@ -430,22 +430,52 @@ def linear_probe(z: ArrayLike, y: ArrayLike, *, config: Optional[LinearProbeConf
 
 
 # ----------------------------------------------------------------------------- registry
+#: The target each estimator measures against: "x" (stored inputs) or "y" (integer labels).
+TARGETS: Dict[str, str] = {"decoder": "x", "classifier": "y", "linear-probe": "y"}
+
+
+def _is_labels(t: ArrayLike) -> bool:
+    """True for a 1-D integer-valued array (class labels), False for inputs X."""
+    if t.ndim != 1:
+        return False
+    a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    return bool(np.issubdtype(a.dtype, np.integer) or (np.isfinite(a).all() and np.array_equal(a, np.round(a))))
+
+
+def _entry(name: str, fn):
+    """Registry entry ``fn(z, target, **params)``: runs ``fn`` when ``target`` is of the kind the
+    estimator measures (TARGETS), else returns ``{"value": nan, "applicable": 0.0}`` so that a caller
+    estimating every (Z, X) and (Z, Y) pair gets an explicit not-applicable row, not a wrong number."""
+    want = TARGETS[name]
+
+    def run(z: ArrayLike, target: ArrayLike, **params: Any) -> Dict[str, float]:
+        if not isinstance(target, (np.ndarray, torch.Tensor)):
+            raise ValueError(f"{name}: target must be a numpy array or torch tensor, got {type(target).__name__}")
+        if (want == "y") != _is_labels(target):
+            return {"value": float("nan"), "applicable": 0.0}
+        out = fn(z, target, **params)
+        out["applicable"] = 1.0
+        return out
+
+    run.__name__ = fn.__name__ + "_entry"
+    run.__doc__ = f"Registry entry of {fn.__name__} (target {want!r}; NaN for the other target)."
+    return run
+
+
 def _register() -> None:
-    """Register the three estimators (kind "neural") with the estimator registry, if present."""
-    try:
-        from infoplane.estimators.registry import register_estimator
-    except ImportError:  # registry not available: the functions stay usable directly
-        return
+    """Register the three estimators (kind "neural") with the estimator registry."""
+    from infoplane.estimators.registry import register_estimator
+
     specs = [
         ("decoder", decoder_information, "I(Z;X) proxy: 1 - held-out BCE of a decoder reconstructing X "
-         "from Z (seed 003 sec. 3.3, app. G); target x", asdict(DecoderConfig())),
+         "from Z (seed 003 sec. 3.3, app. G); target x only", asdict(DecoderConfig())),
         ("classifier", classifier_information, "I(Z;Y) >= H(Y) - held-out CE of a classifier on Z, nats "
-         "(seed 003 sec. 3.3); target y", asdict(ClassifierConfig())),
+         "(seed 003 sec. 3.3); target y only", asdict(ClassifierConfig())),
         ("linear-probe", linear_probe, "held-out accuracy of a linear classifier on Z (seed 000 Fig. 1); "
-         "target y", asdict(LinearProbeConfig())),
+         "target y only", asdict(LinearProbeConfig())),
     ]
     for name, fn, desc, defaults in specs:
-        register_estimator(name, kind="neural", fn=fn, description=desc, defaults=defaults)
+        register_estimator(name, "neural", _entry(name, fn), desc, defaults, overwrite=True)
 
 
 _register()

@@ -107,6 +107,8 @@ def context_input(encoders: nn.ModuleDict, k: int, x: torch.Tensor, h_prev: torc
 class ContSup(ModularRegime):
     """Seed 004 Algorithm 2 with the E / R1 / R1E context; see the module docstring."""
 
+    options = ModularRegime.options + ("context", "contsup_loss", "tau")
+
     def __init__(self, model: nn.Module, config, device) -> None:
         kw = config.regime_kwargs
         self.context = str(kw.get("context", "R1E")).upper()

@@ -4,13 +4,14 @@
 ``--loss supcon`` / ``--loss simclr``: the supervised contrastive loss (eq. 14, Khosla et al.
 2020) or the SimCLR NT-Xent loss on the L2-normalised network output of two augmented views
 (the output layer plays the projection head). Accuracy then comes from a linear evaluation
-head trained with CE on the detached network output (its gradient never reaches the backbone).
+head trained with CE on the detached, L2-normalised network output (its gradient never reaches the backbone).
 """
 from __future__ import annotations
 
 from typing import Any, Dict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import losses
@@ -43,13 +44,17 @@ class EndToEnd(Regime):
             main = losses.supcon_loss(out, torch.cat([y, y]), cfg.temperature)
         else:
             main = losses.simclr_loss(out[:n], out[n:], cfg.temperature)
-        probe = losses.cross_entropy(self.heads["linear_eval"](out.detach()), torch.cat([y, y]))
+        probe = losses.cross_entropy(self._probe(out.detach()), torch.cat([y, y]))
         self.step(main + probe)
         return {"loss": float(main.detach()), "probe_ce": float(probe.detach())}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        return out if self.loss_name == "ce" else self.heads["linear_eval"](out)
+        return out if self.loss_name == "ce" else self._probe(out)
+
+    def _probe(self, out: torch.Tensor) -> torch.Tensor:
+        """The linear evaluation head on the L2-normalised output (what the contrastive loss sees)."""
+        return self.heads["linear_eval"](F.normalize(out, dim=1))
 
     def describe(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"name": self.name, "loss": self.loss_name}

@@ -33,6 +33,7 @@ from torch import nn
 
 from . import register_regime
 from .base import Regime
+from .greedy import check_options
 
 FF_LABELS = ("onehot", "prototype")
 
@@ -97,6 +98,7 @@ class ForwardForward(Regime):
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
         kw = config.regime_kwargs
+        check_options(self.name, kw, ("ff_label", "threshold"))
         self.ff_label = str(kw.get("ff_label", "onehot"))
         if self.ff_label not in FF_LABELS:
             raise ValueError(f"ff_label={self.ff_label!r} is not one of {', '.join(FF_LABELS)}")

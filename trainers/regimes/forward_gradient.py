@@ -22,6 +22,7 @@ from torch.func import functional_call, jvp
 
 from . import register_regime
 from .base import Regime
+from .greedy import check_options
 
 
 def forward_gradient(model: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -79,6 +80,7 @@ class ForwardGradient(Regime):
 
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
+        check_options(self.name, config.regime_kwargs, ("directions",))
         self.directions = int(config.regime_kwargs.get("directions", 1))
         if self.directions < 1:
             raise ValueError(f"directions must be >= 1, got {self.directions}")

@@ -32,6 +32,14 @@ from . import register_regime
 from .base import Regime, make_optimizer
 
 
+def check_options(regime: str, kwargs: Dict[str, Any], allowed: Sequence[str]) -> None:
+    """Raise ValueError naming any ``regime_kwargs`` key the regime does not read (typos)."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"regime {regime!r} got unknown --regime-kwargs {unknown}; "
+                         f"it accepts: {', '.join(sorted(allowed))}")
+
+
 def _flag(v: Any) -> bool:
     if isinstance(v, str):
         if v.lower() in ("1", "true", "yes", "on"):
@@ -90,10 +98,12 @@ class ModularRegime(Regime):
     """K gradient-isolated modules, simultaneous or asynchronous (seed 003 sec. 4)."""
 
     default_modules = 4
+    options: Tuple[str, ...] = ("modules", "async", "epochs_per_module", "cache_rows")
 
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
         kw = config.regime_kwargs
+        check_options(self.name, kw, self.options)
         self.K = int(kw.get("modules", self.default_modules))
         self.split = LocalModules(model, self.K, device=self.device)
         self.async_mode = _flag(kw.get("async", False))
@@ -209,7 +219,7 @@ class ModularRegime(Regime):
         total = torch.stack([v.float() for v in losses.values()]).sum()
         self.step(total)
         stats = {"loss": float(total.detach())}
-        stats.update({f"loss_m{k}": float(v) for k, v in losses.items()})
+        stats.update({f"loss_m{k}": float(v.detach()) for k, v in losses.items()})
         return stats
 
     def describe(self) -> Dict[str, Any]:
@@ -247,4 +257,4 @@ class DGL(GreedySL):
         return {**super().describe(), "aux": "conv+2fc (seed 003 Table 8)"}
 
 
-__all__ = ["PoolLinearHead", "ConvFCHead", "ModularRegime", "GreedySL", "DGL"]
+__all__ = ["check_options", "PoolLinearHead", "ConvFCHead", "ModularRegime", "GreedySL", "DGL"]

@@ -126,6 +126,8 @@ def reconstruction_loss(decoder: Decoder, h: torch.Tensor, target: torch.Tensor)
 class InfoPro(ModularRegime):
     """Eq. 5 of seed 003 for modules 1..K-1, CE for the last; see the module docstring."""
 
+    options = ModularRegime.options + ("infopro_loss", "lambda1", "lambda2", "tau")
+
     def __init__(self, model: nn.Module, config, device) -> None:
         kw = config.regime_kwargs
         self.infopro_loss = str(kw.get("infopro_loss", "contrast"))

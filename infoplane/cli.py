@@ -1,0 +1,260 @@
+"""``infoplane`` command line (thin: parse arguments, call the library, print a short summary).
+
+Subcommands: extract, estimate, plot, info, estimators, models, train, demo (see docs/cli.md).
+Library errors (bad input, missing or foreign files) become one line on stderr and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, IsADirectoryError, PermissionError,
+           OSError, ImportError)
+
+
+def _sigma(value: str):
+    if value in ("paper", "median"):
+        return value
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sigma must be 'paper', 'median' or a positive number, not {value!r}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"--sigma must be positive, not {value!r}")
+    return v
+
+
+def _names(value: Optional[str]) -> Optional[List[str]]:
+    return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="infoplane", description="Information-plane analysis of neural "
+                                "networks: checkpoints -> activations -> estimates -> figures.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    e = sub.add_parser("extract", help="run checkpoints and store layer activations (HDF5)")
+    e.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files (infoplane.checkpoint/1)")
+    e.add_argument("--layers", default="all",
+                   help="'all' (top-level layers), NAME,NAME, glob patterns ('features.*'), or 'list' to "
+                        "print the layer names and exit")
+    e.add_argument("--out", default="acts.h5", help="activation store to create or append to (default acts.h5)")
+    e.add_argument("--split", default="test", choices=("train", "test"))
+    e.add_argument("--samples", type=int, default=None, help="stratified seeded subset of N samples (default all)")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    e.add_argument("--data-root", default="data")
+    e.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
+                   help="rebuild a model not in the registry with this function (your own code)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("estimate", help="estimate dependence of each layer on X and Y -> CSV")
+    s.add_argument("store", help="activation store written by `infoplane extract`")
+    s.add_argument("--estimator", default="nhsic", help="a name from `infoplane estimators` (default nhsic)")
+    s.add_argument("--batch-size", type=int, default=100, help="minibatch size m of the paper's protocol")
+    s.add_argument("--eps", type=float, default=1e-5, help="nHSIC regulariser (paper 1e-5)")
+    s.add_argument("--sigma", type=_sigma, default="paper", help="paper (5 sqrt(d)), median, or a number")
+    s.add_argument("--distance", default="squared", choices=("squared", "euclidean"),
+                   help="RBF exponent: squared distance (standard) or euclidean (published E2E-info code)")
+    s.add_argument("--baseline", dest="baseline", action="store_true", default=True,
+                   help="also estimate on shuffled Z (the null level; default)")
+    s.add_argument("--no-baseline", dest="baseline", action="store_false")
+    s.add_argument("--full", action="store_true", help="use all samples in one batch instead of minibatches")
+    s.add_argument("--tolerance", type=float, default=None, help="low-rank accuracy for --full nhsic (e.g. 1e-3)")
+    s.add_argument("--layers", default=None, help="comma list of stored layers (default all)")
+    s.add_argument("--checkpoints", default=None, help="comma list of checkpoint ids (default all)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the baseline shuffle")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", default="estimates.csv")
+    s.add_argument("--no-progress", action="store_true")
+
+    pl = sub.add_parser("plot", help="information planes and per-layer curves from estimate CSVs")
+    pl.add_argument("csv", nargs="+", help="one or more CSVs of `infoplane estimate` (e.g. one per regime)")
+    pl.add_argument("--out", default="plane.png")
+    pl.add_argument("--curves", default=None, help="per-layer curves figure (default: <out>_curves.png)")
+    pl.add_argument("--estimator", default=None, help="which estimator, if the tables hold several")
+    pl.add_argument("--layers", default=None, help="comma list of layers (default all)")
+    pl.add_argument("--no-baseline", action="store_true")
+    pl.add_argument("--title", default=None)
+
+    i = sub.add_parser("info", help="summarise a checkpoint or an activation store")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("estimators", help="list the registered estimators")
+    sub.add_parser("models", help="list the registered architectures")
+
+    t = sub.add_parser("train", help="train a model with a regime (forwards to `python -m trainers`)",
+                       add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+
+    d = sub.add_parser("demo", help="E2E vs layer-wise LeNet5 on digits, end to end (a few minutes)")
+    d.add_argument("--out", default="demo")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default: DemoConfig)")
+    d.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _cmd_extract(a) -> int:
+    if a.layers.strip() == "list":
+        from infoplane.checkpoint import load_checkpoint
+        from infoplane.hooks import default_layers, list_layers
+
+        model = load_checkpoint(a.checkpoints[0]).build_model(a.model_factory)
+        chosen = set(default_layers(model))
+        for name, kind in list_layers(model):
+            print(f"{name:<40} {kind}{'   (all)' if name in chosen else ''}")
+        return 0
+    from infoplane.extract import extract
+
+    out = extract(a.checkpoints, layers=a.layers, out=a.out, split=a.split, samples=a.samples,
+                  batch_size=a.batch_size, dtype=a.dtype, data_root=a.data_root, device=a.device,
+                  model_factory=a.model_factory, progress=not a.no_progress,
+                  command="infoplane " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    from infoplane.store import ActivationStore
+
+    with ActivationStore(out) as st:
+        ck = st.checkpoints()
+        print(f"wrote {out}: {st.n_samples} samples, {len(ck)} checkpoints, layers "
+              f"{', '.join(st.layers(ck[-1])) if ck else '-'}")
+    return 0
+
+
+def _cmd_estimate(a) -> int:
+    from infoplane.estimate import EstimateConfig, estimate_store, write_csv_atomic
+
+    cfg = EstimateConfig(estimator=a.estimator, batch_size=a.batch_size, eps=a.eps, sigma=a.sigma,
+                         full=a.full, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
+                         device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
+                         squared=a.distance == "squared", progress=not a.no_progress)
+    df = estimate_store(a.store, cfg)
+    out = write_csv_atomic(df, a.out)
+    print(f"wrote {out}: {len(df)} rows ({df['checkpoint'].nunique()} checkpoints x "
+          f"{df['layer'].nunique()} layers x {df['target'].nunique()} targets)")
+    return 0
+
+
+def _cmd_plot(a) -> int:
+    from infoplane.plot import curves_path, load_estimates, plot_information_plane, plot_layer_curves
+
+    df = load_estimates(a.csv)
+    layers = _names(a.layers)
+    plane = plot_information_plane(df, a.out, estimator=a.estimator, layers=layers,
+                                   baseline=not a.no_baseline, title=a.title)
+    curves = plot_layer_curves(df, a.curves or curves_path(a.out), estimator=a.estimator, layers=layers,
+                               baseline=not a.no_baseline)
+    print(f"wrote {plane}\nwrote {curves}")
+    return 0
+
+
+def _cmd_info(a) -> int:
+    path = Path(a.file)
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    import h5py
+
+    if h5py.is_hdf5(path):
+        from infoplane.store import ActivationStore
+
+        with ActivationStore(path) as st:
+            info = st.info
+        if a.json:
+            print(json.dumps(info, indent=2, default=str))
+            return 0
+        print(f"activation store {path} ({info['format']})")
+        print(f"  model   {info['model'].get('name')} {json.dumps(info['model'].get('kwargs', {}))}")
+        print(f"  dataset {info['dataset'].get('name')} split={info['split']} samples={info['n_samples']} "
+              f"input={tuple(info['input_shape'])}")
+        for c in info["checkpoints"]:
+            state = "" if c["complete"] else "  [INCOMPLETE: re-run extract to finish]"
+            regime = c["regime"].get("name") if isinstance(c["regime"], dict) else c["regime"]
+            layers = ", ".join(f"{n}{tuple(s)}" for n, s in c["layers"].items())
+            print(f"  {c['id']:<16} epoch={c['epoch']:<4} regime={regime} {layers}{state}")
+        return 0
+    from infoplane.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    summ = ck.summary()
+    if a.json:
+        print(json.dumps(summ, indent=2, default=str))
+    else:
+        print(f"checkpoint {path}")
+        for k, v in summ.items():
+            print(f"  {k:<12} {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    return 0
+
+
+def _cmd_estimators(_a) -> int:
+    from infoplane.estimators import get_estimator, list_estimators
+
+    for name in list_estimators():
+        spec = get_estimator(name)
+        print(f"{name:<15} {spec.kind:<8} {spec.description}")
+    return 0
+
+
+def _cmd_models(_a) -> int:
+    from infoplane.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from trainers.__main__ import main as train_main  # lazy: trainers depends on infoplane, not reverse
+
+    return int(train_main(list(a.args)) or 0)
+
+
+def _cmd_demo(a) -> int:
+    from infoplane.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=a.out, progress=not a.no_progress)
+    if a.epochs is not None:
+        cfg.epochs = a.epochs
+    run_demo(cfg)
+    return 0
+
+
+_COMMANDS = {"extract": _cmd_extract, "estimate": _cmd_estimate, "plot": _cmd_plot, "info": _cmd_info,
+             "estimators": _cmd_estimators, "models": _cmd_models, "train": _cmd_train, "demo": _cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``infoplane`` console script; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `train` forwards everything after it (including --help) to the trainers' parser
+    if "train" in args_list:
+        k = args_list.index("train")
+        if all(x == "--debug" for x in args_list[:k]):
+            a = argparse.Namespace(command="train", args=args_list[k + 1:], debug="--debug" in args_list[:k])
+            return _run(a)
+    a = parser.parse_args(args_list)
+    return _run(a)
+
+
+def _run(a) -> int:
+    try:
+        return _COMMANDS[a.command](a)
+    except KeyboardInterrupt:
+        print("infoplane: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+    except _ERRORS as exc:
+        if a.debug:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"infoplane {a.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
