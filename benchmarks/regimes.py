@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -58,11 +59,34 @@ def part_b() -> List[tuple]:
     return out
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def current_rss_kb() -> int:
+    return _status_kb("VmRSS")
+
+
+def peak_rss_kb() -> int:
+    return _status_kb("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return peak_rss_kb() <= current_rss_kb() + 1024
+    except OSError:
+        return False
+
+
 def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Train one configuration in this process and return its measurements."""
     import torch
 
-    from infoplane.data import dataset_tensors, load_dataset
     from infoplane.models import build_model
     from trainers.config import TrainConfig
     from trainers.loop import seed_everything
@@ -71,10 +95,9 @@ def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec["device"])
     seed_everything(0)
-    train = load_dataset("fashion-mnist", "train", subset=spec["subset"], seed=0)
-    test = load_dataset("fashion-mnist", "test", subset=spec["test_subset"], seed=0)
-    xtr, ytr = (t.to(device) for t in dataset_tensors(train))
-    xte, yte = (t.to(device) for t in dataset_tensors(test))
+    # the parent wrote the subsets: loading the full dataset here would dominate the peak RSS
+    data = torch.load(spec["data"], weights_only=True)
+    xtr, ytr, xte, yte = (data[k].to(device) for k in ("xtr", "ytr", "xte", "yte"))
     net = build_model(spec["model"], input_shape=tuple(xtr.shape[1:]), num_classes=10,
                       **spec["model_kwargs"]).to(device)
     cfg = TrainConfig(model=spec["model"], dataset="fashion-mnist", regime=spec["regime"],
@@ -87,7 +110,8 @@ def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.max_memory_allocated()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm = reset_peak_rss()
+    rss0 = current_rss_kb() if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times: List[float] = []
     g = torch.Generator().manual_seed(0)
     bs = int(spec["batch_size"])
@@ -108,8 +132,9 @@ def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
         peak_mb = (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20
         kind = "cuda max_memory_allocated"
     else:
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024.0
-        kind = "cpu peak RSS increase"
+        peak = peak_rss_kb() if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_mb = (peak - rss0) / 1024.0
+        kind = "cpu peak RSS increase (VmHWM reset)" if hwm else "cpu ru_maxrss increase"
     regime.eval()
     correct = 0
     with torch.no_grad():
@@ -121,6 +146,19 @@ def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
             "final_loss": last_loss}
 
 
+def write_subset(folder: Path, n: int, n_test: int) -> Path:
+    """Seeded stratified Fashion-MNIST subsets (train n, test n_test) saved for the subprocesses."""
+    import torch
+
+    from infoplane.data import dataset_tensors, load_dataset
+
+    xtr, ytr = dataset_tensors(load_dataset("fashion-mnist", "train", subset=n, seed=0))
+    xte, yte = dataset_tensors(load_dataset("fashion-mnist", "test", subset=n_test, seed=0))
+    path = folder / f"fashion_{n}_{n_test}.pt"
+    torch.save({"xtr": xtr.contiguous(), "ytr": ytr, "xte": xte.contiguous(), "yte": yte}, path)
+    return path
+
+
 def label(regime: str, kw: Dict[str, Any], config: Dict[str, Any]) -> str:
     parts = [f"{k}={v}" for k, v in sorted({**config, **kw}.items())]
     return regime + (" " + " ".join(parts) if parts else "")
@@ -129,12 +167,13 @@ def label(regime: str, kw: Dict[str, Any], config: Dict[str, Any]) -> str:
 def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--subset", type=int, default=3000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--subset", type=int, default=2000)
     p.add_argument("--test-subset", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--resnet-subset", type=int, default=1500)
+    p.add_argument("--resnet-subset", type=int, default=640)
+    p.add_argument("--parts", default="A,B", help="which parts to run (A: all regimes; B: K sweep)")
     p.add_argument("--quick", action="store_true", help="tiny budget (smoke test of the script)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -143,20 +182,26 @@ def main(argv: List[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_one(json.loads(args.one))))
         return 0
     if args.quick:
-        args.subset, args.test_subset, args.resnet_subset, args.epochs = 256, 200, 128, 1
+        args.subset, args.test_subset, args.resnet_subset, args.epochs = 320, 200, 192, 1
     jobs = []
-    for regime, config, kw in PART_A:
+    parts = {q.strip().upper() for q in args.parts.split(",") if q.strip()}
+    if not parts or parts - {"A", "B"}:
+        raise ValueError(f"--parts takes A, B or A,B, got {args.parts!r}")
+    for regime, config, kw in (PART_A if "A" in parts else []):
         jobs.append(("A", LENET, regime, config, kw, args.subset, args.epochs))
-    for regime, config, kw in part_b():
+    for regime, config, kw in (part_b() if "B" in parts else []):
         jobs.append(("B", RESNET, regime, config, kw, args.resnet_subset, 1))
     rows: List[Dict[str, Any]] = []
     start = time.time()
+    tmpdir = tempfile.TemporaryDirectory(prefix="infoplane_bench_")
+    data_files = {n: write_subset(Path(tmpdir.name), n, args.test_subset) for n in {j[5] for j in jobs}}
     for part, model, regime, config, kw, subset, epochs in jobs:
-        lr = 1e-3
+        lr = 2e-3
         spec = {"part": part, "model": model["model"], "model_kwargs": model["model_kwargs"], "regime": regime,
                 "config": config, "regime_kwargs": kw, "subset": subset, "test_subset": args.test_subset,
                 "epochs": epochs * (kw.get("modules", 1) if kw.get("async") else 1), "lr": lr,
-                "batch_size": args.batch_size, "device": args.device, "threads": args.threads}
+                "batch_size": args.batch_size, "device": args.device, "threads": args.threads,
+                "data": str(data_files[subset])}
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
                               text=True, cwd=ROOT, env=env)
@@ -169,7 +214,7 @@ def main(argv: List[str] | None = None) -> int:
         rows.append(row)
         print(f"[{time.time() - start:6.1f}s] {part} {row['setting']:<60} acc={res['test_acc']:.3f} "
               f"step={res['step_ms']:.1f}ms mem={res['peak_mb']:.1f}MB", flush=True)
-    for part in ("A", "B"):
+    for part in sorted(parts):
         base = [r for r in rows if r["part"] == part and r["regime"] == "e2e"][0]["step_ms"]
         for r in rows:
             if r["part"] == part:

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo")
     d.add_argument("--epochs", type=int, default=None, help="training epochs (default: DemoConfig)")
     d.add_argument("--no-progress", action="store_true")
+
+    from infoplane.report import add_cli as _add_report_cli  # `report` subcommand (infoplane/report.py)
+    _add_report_cli(sub)
     return p
 
 
@@ -226,6 +229,7 @@ def _cmd_demo(a) -> int:
 
 _COMMANDS = {"extract": _cmd_extract, "estimate": _cmd_estimate, "plot": _cmd_plot, "info": _cmd_info,
              "estimators": _cmd_estimators, "models": _cmd_models, "train": _cmd_train, "demo": _cmd_demo}
+_COMMANDS["report"] = lambda a: a.func(a)  # set by infoplane.report.add_cli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

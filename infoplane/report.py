@@ -368,14 +368,10 @@ def _fig_plane(df: pd.DataFrame, estimator: str, out: Path) -> Optional[str]:
                            values="value").reset_index()
     if not {"x", "y"} <= set(wide.columns):
         return None
-    try:  # the project's plotting module, when it offers a plane function
-        from infoplane import plot as ip_plot
-        fn = getattr(ip_plot, "plot_planes", None) or getattr(ip_plot, "plot_plane", None)
-        if fn is not None:
-            fig = fn(sub)
-            if fig is not None and hasattr(fig, "savefig"):
-                return _save(fig, out / f"plane_{estimator}.png")
-    except Exception:  # fall back to the built-in figure below
+    try:  # the project's plotting module (infoplane.plot), else the built-in figure below
+        from infoplane.plot import plot_information_plane
+        return plot_information_plane(sub, out / f"plane_{estimator}.png", estimator=estimator).name
+    except (ImportError, ValueError, KeyError):
         pass
     plt = _plt()
     layers = wide[["layer", "layer_index"]].drop_duplicates().sort_values("layer_index")["layer"].tolist()

@@ -166,4 +166,3 @@ def test_compression_affine_invariant(values, sd, scale, shift):
     b = report.trajectory_statistics(frame(scale * v + shift, scale * sd, scale * 0.3 + shift)).iloc[0]
     assert a.compression >= 0 and a.compression == pytest.approx(b.compression, rel=1e-6, abs=1e-6)
     assert a.margin == pytest.approx(b.margin, rel=1e-6, abs=1e-6)
-    assert a.peak_epoch == b.peak_epoch

@@ -110,6 +110,39 @@ def test_e2e_gradient_reaches_first_layer(batch):
     assert not torch.equal(before, net.conv1[0].weight)
 
 
+def test_e2e_probe_does_not_touch_backbone(batch):
+    """The linear evaluation head of contrastive E2E sees detached features: its learning rate
+    cannot change the backbone's trajectory."""
+    x, y = batch
+    states = []
+    for probe_lr in (1e-3, 1e-1):
+        net, reg = make("e2e", "mlp", loss="supcon", probe_lr=probe_lr)
+        torch.manual_seed(5)
+        reg.on_epoch_start(1)
+        for _ in range(4):
+            reg.training_step(x, y)
+        states.append((net.state_dict(), reg.heads.state_dict()))
+    (a, ha), (b, hb) = states
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(ha[k], hb[k]) for k in ha)
+
+
+def test_batches_dataloader_path():
+    from torch.utils.data import Dataset
+
+    class Plain(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.full((2,), float(i)), i % 3
+
+    from trainers.loop import Batches
+    got = list(Batches(Plain(), 4, shuffle=True, seed=0))
+    assert [len(yb) for _, yb in got] == [4, 4, 2] and got[0][1].dtype == torch.long
+    assert sorted(torch.cat([xb[:, 0] for xb, _ in got]).tolist()) == [float(i) for i in range(10)]
+
+
 def test_sequential_freezes_earlier_layers(batch):
     x, y = batch
     net, reg = make("layerwise-sequential", epochs_per_layer=2)
@@ -276,3 +309,19 @@ def test_pool_features_bound(c, hw, max_features):
 def test_heads_shapes(kind, shape, expect):
     head = make_head(kind, shape, 10 if kind != "conv" else 8, hidden=16)
     assert head(torch.randn(3, *shape)).shape == (3, expect)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(3, 12), d=st.integers(2, 6), seed=st.integers(0, 1000))
+def test_similarity_losses_invariances(n, d, seed):
+    """sim(H) (eq. 16) ignores a positive per-row scale and a per-row shift; eq. 14 ignores scale."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    scale = torch.rand(n, 1, generator=g, dtype=torch.float64) + 0.5
+    shift = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    assert torch.allclose(losses.sim_matching_loss(h, y, 3), losses.sim_matching_loss(h * scale + shift, y, 3),
+                          atol=1e-9)
+    yy = torch.cat([y, y])
+    hh = torch.cat([h, h + 0.1])
+    assert torch.allclose(losses.supcon_loss(hh, yy), losses.supcon_loss(hh * 3.0, yy), atol=1e-9)

@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aux-max-features", type=int, default=d.aux_max_features)
     g.add_argument("--proj-dim", type=int, default=d.proj_dim)
     g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--probe-lr", type=float, default=d.probe_lr, help="linear evaluation head (contrastive E2E)")
     g.add_argument("--aug-noise", type=float, default=d.aug_noise)
     g.add_argument("--aug-crop-pad", type=int, default=None)
     g.add_argument("--sp-topk", type=int, default=d.sp_topk)
@@ -93,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model, dataset=args.dataset, model_kwargs=model_kwargs, data_root=args.data_root,
         download=args.download, subset=args.subset, test_subset=args.test_subset, regime=args.regime,
         loss=args.loss, local_loss=args.local_loss, aux=args.aux, aux_hidden=args.aux_hidden,
-        aux_max_features=args.aux_max_features, proj_dim=args.proj_dim, temperature=args.temperature,
+        aux_max_features=args.aux_max_features, proj_dim=args.proj_dim, temperature=args.temperature, probe_lr=args.probe_lr,
         aug_noise=args.aug_noise, aug_crop_pad=args.aug_crop_pad, sp_topk=args.sp_topk,
         epochs_per_layer=args.epochs_per_layer, nhsic_lambda=args.nhsic_lambda, nhsic_target=args.nhsic_target,
         nhsic_sigma=sigma, nhsic_eps=args.nhsic_eps, regime_kwargs=parse_kv(args.regime_kwargs, "--regime-kwargs"),

@@ -41,6 +41,8 @@ class TrainConfig:
         auto = the loss's choice in B.2: linear for ce/supcon, conv for sim, none for sp).
         epochs_per_layer: sequential layer-wise training (then epochs = this x number of layers).
         nhsic_lambda, nhsic_target, nhsic_sigma, nhsic_eps: the augmenting term of eq. 11.
+        temperature, proj_dim, aug_noise, aug_crop_pad: contrastive losses (eq. 14); probe_lr: the
+        learning rate of the linear evaluation head of contrastive E2E runs.
         regime_kwargs: extra options for regimes added later (read by those regimes).
     Optimisation
         optimizer (adam|sgd), lr, weight_decay, momentum (sgd), milestones (epochs; None =
@@ -68,6 +70,7 @@ class TrainConfig:
     aux_max_features: int = 2048
     proj_dim: int = 128
     temperature: float = 0.1
+    probe_lr: float = 1e-2
     aug_noise: float = 0.1
     aug_crop_pad: Optional[int] = None
     sp_topk: int = 6
@@ -124,7 +127,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-        for name in ("lr", "temperature"):
+        for name in ("lr", "temperature", "probe_lr"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("weight_decay", "nhsic_lambda", "aug_noise", "nhsic_eps"):

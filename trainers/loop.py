@@ -190,7 +190,11 @@ def _train(config: TrainConfig) -> List[Path]:
     test_ds = _subset(load_dataset(config.dataset, "test", config.data_root, config.download), test_n, config.seed)
 
     model_kwargs = _model_kwargs(config, info)
-    model = build_model(config.model, **model_kwargs).to(device)
+    try:
+        model = build_model(config.model, **model_kwargs).to(device)
+    except TypeError as err:
+        raise ValueError(f"model {config.model!r} does not accept kwargs {sorted(config.model_kwargs)}: {err}; "
+                         f"see its factory in infoplane.models for the valid ones") from None
     regime = get_regime(config.regime)(model, config, device)
     total = regime.total_epochs()
     save_at = set(checkpoint_epochs(total, config.schedule, config.num_checkpoints))

@@ -32,6 +32,14 @@ class EndToEnd(Regime):
             self.heads["linear_eval"] = nn.Linear(c, c).to(self.device)
         self.configure_optimizers()
 
+    def parameters_groups(self):
+        """Backbone at ``config.lr``; the evaluation head at ``config.probe_lr`` (a linear probe on a
+        bounded input needs a larger step than the backbone to keep up within the run)."""
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        if len(self.heads):
+            groups.append({"params": list(self.heads.parameters()), "lr": self.config.probe_lr})
+        return groups
+
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
         cfg = self.config
         if self.loss_name == "ce":
@@ -60,5 +68,6 @@ class EndToEnd(Regime):
         d: Dict[str, Any] = {"name": self.name, "loss": self.loss_name}
         if self.loss_name != "ce":
             d.update(temperature=self.config.temperature, aug_noise=self.config.aug_noise,
-                     aug_crop_pad=self.config.aug_crop_pad, eval_head="linear on detached output")
+                     aug_crop_pad=self.config.aug_crop_pad, probe_lr=self.config.probe_lr,
+                     eval_head="linear on the detached, L2-normalised output")
         return d

@@ -125,7 +125,8 @@ class _LayerwiseBase(Regime):
 
     def describe(self) -> Dict[str, Any]:
         cfg = self.config
-        d: Dict[str, Any] = {"name": self.name, "local_loss": self.local_loss, "aux": self.aux_kind,
+        d: Dict[str, Any] = {"name": self.name, "layers": list(self.layer_names),
+                             "local_loss": self.local_loss, "aux": self.aux_kind,
                              "aux_max_features": cfg.aux_max_features, "output_loss": "ce",
                              "nhsic_lambda": cfg.nhsic_lambda}
         if self.aux_kind in ("mlp", "mlp2"):

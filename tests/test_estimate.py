@@ -1,0 +1,115 @@
+"""estimate_store over a synthetic store: protocol, baseline, fast path vs registry, kinds."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import infoplane.estimate as est
+from infoplane.estimate import COLUMNS, EstimateConfig, estimate_store, write_csv_atomic
+from infoplane.estimators import get_estimator
+from infoplane.kernels import label_gram, rbf_gram
+from infoplane.store import ActivationStore
+
+N = 250
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("est") / "s.h5"
+    y = rng.integers(0, 3, N)
+    x = rng.normal(size=(N, 6)).astype(np.float32)
+    layers = {"informative": (np.eye(3)[y] * 3 + 0.1 * rng.normal(size=(N, 3))).astype(np.float32),
+              "noise": rng.normal(size=(N, 4)).astype(np.float32),
+              "copy": x.copy()}
+    st = ActivationStore.create(path, index=np.arange(N), labels=y, input_shape=(6,),
+                                model={"name": "toy", "kwargs": {}}, dataset={"name": "toy", "num_classes": 3},
+                                split="test")
+    st.write_inputs(0, x)
+    st.mark_inputs_complete()
+    for epoch in (0, 1):
+        c = f"epoch_{epoch:04d}"
+        st.begin_checkpoint(c, attrs={"epoch": epoch, "step": epoch, "regime": {"name": "e2e"}, "metrics": {},
+                                      "sha256": str(epoch), "model": "toy", "run": "r"})
+        for order, (name, z) in enumerate(layers.items()):
+            st.write_layer_rows(c, name, 0, z, order=order)
+        st.set_rows_done(c, N)
+        st.finish_checkpoint(c)
+    st.close()
+    return path, x, y, layers
+
+
+def _row(df, layer, target, ckpt="epoch_0000"):
+    r = df[(df.layer == layer) & (df.target == target) & (df.checkpoint == ckpt)]
+    assert len(r) == 1
+    return r.iloc[0]
+
+
+def test_minibatch_protocol_matches_manual_nhsic(store):
+    path, x, y, layers = store
+    df = estimate_store(path, EstimateConfig(progress=False))
+    assert list(df.columns) == COLUMNS and len(df) == 2 * 3 * 2
+    r = _row(df, "informative", "y")
+    assert r.n_batches == 2 and r.batch_size == 100 and r.n_samples == 200     # remainder 50 left out
+    nh = get_estimator("nhsic").fn
+    z = layers["informative"]
+    manual = [float(nh(rbf_gram(z[b * 100:(b + 1) * 100]), label_gram(y[b * 100:(b + 1) * 100], 3), eps=1e-5))
+              for b in range(2)]
+    assert r.value == pytest.approx(np.mean(manual), rel=1e-6)
+    assert r["std"] == pytest.approx(np.std(manual, ddof=1), rel=1e-5, abs=1e-9)
+    # dependence reads against the shuffled baseline
+    assert r.value > 2 * r.baseline
+    noise = _row(df, "noise", "y")
+    assert noise.value < 0.5 * r.value and abs(noise.value - noise.baseline) < 0.3 * noise.baseline + 0.05
+    assert _row(df, "copy", "x").value > 1.5 * _row(df, "copy", "x").baseline
+    assert list(df[df.checkpoint == "epoch_0000"].drop_duplicates("layer").layer_index) == [1, 2, 3]
+
+
+def test_fast_path_equals_registry_path(store, monkeypatch):
+    path = store[0]
+    fast = estimate_store(path, EstimateConfig(progress=False, checkpoints=["epoch_0001"]))
+    monkeypatch.setattr(est, "_fast_api", lambda: None)
+    plain = estimate_store(path, EstimateConfig(progress=False, checkpoints=["epoch_0001"]))
+    np.testing.assert_allclose(fast.value, plain.value, rtol=1e-6)
+    np.testing.assert_allclose(fast.baseline, plain.baseline, rtol=1e-6)
+
+
+def test_full_sample_and_low_rank(store):
+    path, x, y, layers = store
+    exact = estimate_store(path, EstimateConfig(full=True, baseline=False, layers=["copy"], progress=False))
+    r = _row(exact, "copy", "x")
+    assert r.n_batches == 1 and r.n_samples == N and np.isnan(r["std"]) and np.isnan(r.baseline)
+    ref = float(get_estimator("nhsic").fn(rbf_gram(x), rbf_gram(x), eps=1e-5))
+    assert r.value == pytest.approx(ref, rel=1e-6)
+    low = estimate_store(path, EstimateConfig(full=True, tolerance=1e-6, baseline=False, layers=["copy"],
+                                              progress=False))
+    assert _row(low, "copy", "x").value == pytest.approx(ref, rel=2e-2)
+
+
+def test_other_estimators(store):
+    path = store[0]
+    h = estimate_store(path, EstimateConfig(estimator="hsic", progress=False, layers=["informative"]))
+    assert (h.estimator == "hsic").all() and np.isnan(h.eps).all() and (h.value >= 0).all()
+    s = estimate_store(path, EstimateConfig(estimator="snn", progress=False, layers=["informative", "noise"],
+                                            checkpoints=["epoch_0000"]))
+    assert set(s.target) == {"y"}                   # label-only estimator: no X rows
+    assert _row(s, "informative", "y").value < _row(s, "noise", "y").value
+
+
+def test_bad_configs(store):
+    path = store[0]
+    with pytest.raises(ValueError, match="eps"):
+        estimate_store(path, EstimateConfig(eps=0, progress=False))
+    with pytest.raises(ValueError, match="not stored"):
+        estimate_store(path, EstimateConfig(layers=["conv9"], progress=False))
+    with pytest.raises(ValueError, match="unknown estimator"):
+        estimate_store(path, EstimateConfig(estimator="mine", progress=False))
+    with pytest.raises(ValueError, match="tolerance"):
+        estimate_store(path, EstimateConfig(tolerance=1e-3, progress=False))
+    with pytest.raises(ValueError, match="sigma"):
+        estimate_store(path, EstimateConfig(sigma="wide", progress=False))
+
+
+def test_write_csv_atomic(tmp_path):
+    out = write_csv_atomic(pd.DataFrame({"a": [1, 2]}), tmp_path / "sub" / "e.csv")
+    assert pd.read_csv(out).a.tolist() == [1, 2] and not list(out.parent.glob("*.partial"))
