@@ -14,7 +14,7 @@ correlation 0.5; one canonical correlation d/(d+1)); "2-pair" (two canonical cor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 from scipy.special import logsumexp

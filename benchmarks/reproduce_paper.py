@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,14 +124,18 @@ def evaluate_claims(out: Path, runs: List[Dict[str, Any]], thr: float) -> List[D
         s = metrics[(metrics["run"] == r) & (metrics["metric"] == "test_acc")]
         return float(s.sort_values("epoch")["value"].iloc[-1]) if len(s) else math.nan
 
-    # F1: accuracy gap E2E vs layer-wise (sec. 4.1: small on MNIST, large on CIFAR10; F.4.4 MLP: none on MNIST)
+    # F1: accuracy gap E2E vs layer-wise. Sec. 4.1: small on MNIST (digits stands in), a clear gap on
+    # CIFAR10 (Fashion-MNIST stands in for the harder task); F.4.4 Toy-MLP: no gap on MNIST.
     for ds, m in combos:
         a, b = final_acc(run(ds, m, "e2e")), final_acc(run(ds, m, "layerwise"))
         gap = a - b
-        findings.append({"claim": f"[{ds}/{m}] sec. 4.1 / F.4.4: on an easy task E2E and layer-wise reach "
-                                  "similar test accuracy (|gap| <= 2 points)",
+        easy = ds in ("digits", "mnist")
+        claim = ("on the easy task E2E and layer-wise reach similar test accuracy (|gap| <= 2 points)" if easy else
+                 "on the harder task E2E is clearly more accurate than layer-wise (gap > 2 points)")
+        ok = None if not math.isfinite(gap) else (abs(gap) <= 0.02 if easy else gap > 0.02)
+        findings.append({"claim": f"[{ds}/{m}] sec. 4.1 / F.4.4: {claim}",
                          "numbers": f"test acc E2E {_f(a)}, layer-wise {_f(b)}, gap {_f(gap)}",
-                         "verdict": _verdict(None if not math.isfinite(gap) else abs(gap) <= 0.02)})
+                         "verdict": _verdict(ok)})
 
     def d(r: str, layer_idx: Optional[int] = None, target: Optional[str] = None) -> pd.DataFrame:
         s = dyn[dyn["run"] == r]
@@ -264,7 +267,10 @@ def write_findings(out: Path, findings: List[Dict[str, str]], cfg: ReproConfig, 
              f"{cfg.eval_samples} evaluation samples (nHSIC minibatches of {cfg.batch_size}), seed {cfg.seed}, "
              f"device {cfg.device}; total {seconds:.0f} s. The paper trained on full data for 100 epochs "
              "(MNIST, CIFAR10); Fashion-MNIST stands in for the harder task and digits for the easy one, so a "
-             "claim that does not hold here may still hold at the paper's scale.", "",
+             "claim that does not hold here may still hold at the paper's scale. Claims about late training "
+             "(compression from a peak, the IB signature of the last layer) need runs that get past the "
+             "fitting phase: when every trajectory is still rising at the last checkpoint, those claims come out "
+             "'DOES NOT HOLD' here for lack of training, not as evidence against the paper.", "",
              "| # | claim | numbers | verdict |", "|---|---|---|---|"]
     for i, f in enumerate(findings, start=1):
         lines.append(f"| {i} | {f['claim']} | {f['numbers']} | {f['verdict']} |")
@@ -277,8 +283,9 @@ def write_findings(out: Path, findings: List[Dict[str, str]], cfg: ReproConfig, 
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     rep = out / "report.md"
+    body = rep.read_text(encoding="utf-8").split("\n\n## Findings: seed 000's claims in this run")[0]
     tmp = rep.with_name(rep.name + ".partial")
-    tmp.write_text(rep.read_text(encoding="utf-8") + "\n\n" + text, encoding="utf-8")
+    tmp.write_text(body + "\n\n" + text, encoding="utf-8")
     os.replace(tmp, rep)
     return path
 
@@ -297,7 +304,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--keep-artifacts", action="store_true", help="keep checkpoints and activation stores")
+    ap.add_argument("--findings-only", action="store_true",
+                    help="re-evaluate the claims from an existing OUT (its config.json and report tables)")
     args = ap.parse_args(argv)
+    if args.findings_only:
+        saved = json.loads((Path(args.out) / "config.json").read_text())
+        c = dict(saved["config"])
+        c["datasets"], c["models"], c["regimes"] = (tuple(c[k]) for k in ("datasets", "models", "regimes"))
+        cfg = ReproConfig(**c)
+        findings = evaluate_claims(Path(args.out), saved["runs"], cfg.threshold)
+        print(write_findings(Path(args.out), findings, cfg, saved["runs"], float(saved.get("seconds", math.nan)))
+              .read_text())
+        return 0
     base = dict(seed=args.seed, device=args.device, data_root=args.data_root, progress=not args.no_progress)
     cfg = ReproConfig.quick(**base) if args.quick else ReproConfig(**base)
     if args.datasets:
@@ -329,13 +347,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                  threshold=cfg.threshold, reconstruct=6, decoder_epochs=10, probe=True, device=cfg.device,
                  seed=cfg.seed, progress=cfg.progress, max_samples=cfg.eval_samples)
     findings = evaluate_claims(out, runs, cfg.threshold)
-    path = write_findings(out, findings, cfg, runs, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    path = write_findings(out, findings, cfg, runs, seconds)
     if not args.keep_artifacts:
         for r in runs:
             for p in Path(r["store"]).parent.glob("*"):
                 if p.suffix in (".pt", ".h5"):
                     p.unlink()
-    (out / "config.json").write_text(json.dumps({"config": cfg.__dict__, "runs": runs}, indent=2, default=str))
+    (out / "config.json").write_text(json.dumps({"config": cfg.__dict__, "runs": runs, "seconds": seconds}, indent=2, default=str))
     print(path.read_text())
     return 0
 

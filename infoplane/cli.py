@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoints", default=None, help="comma list of checkpoint ids (default all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the baseline shuffle")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: 1 for minibatches, torch's default for --full)")
     s.add_argument("--out", default="estimates.csv")
     s.add_argument("--no-progress", action="store_true")
 
@@ -137,7 +139,8 @@ def _cmd_estimate(a) -> int:
     cfg = EstimateConfig(estimator=a.estimator, batch_size=a.batch_size, eps=a.eps, sigma=a.sigma,
                          full=a.full, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
                          device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
-                         squared=a.distance == "squared", progress=not a.no_progress)
+                         squared=a.distance == "squared", progress=not a.no_progress,
+                         num_threads=a.threads)
     df = estimate_store(a.store, cfg)
     out = write_csv_atomic(df, a.out)
     print(f"wrote {out}: {len(df)} rows ({df['checkpoint'].nunique()} checkpoints x "
@@ -249,6 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(a) -> int:
     try:
         return _COMMANDS[a.command](a)
+    except BrokenPipeError:  # output piped into `head` etc.
+        return 0
     except KeyboardInterrupt:
         print("infoplane: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130

@@ -12,7 +12,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
             attrs = {"epoch": int(ck.epoch), "step": int(ck.step if ck.step is not None else -1),
                      "regime": dict(ck.regime or {}), "metrics": dict(ck.metrics or {}), "sha256": sha,
                      "model": ck.model_name, "run": ck_path.parent.name, "source": str(ck_path),
-                     "layers_spec": layers if isinstance(layers, str) else ",".join(layers)}
+                     "layers_spec": layers if isinstance(layers, str) else ",".join(layers), "dtype": dtype}
             done = store.begin_checkpoint(cid, attrs=attrs)
             write_inputs = not store.samples_complete
             start = 0 if write_inputs else done

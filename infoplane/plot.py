@@ -3,7 +3,7 @@
 ``plot_information_plane``: one panel per layer; x = estimator(X;Z), y = estimator(Y;Z); each
 checkpoint is a marker coloured by epoch (one colour map and marker per regime, as in the paper:
 circles with a red colour map for E2E, inverted triangles with a blue-yellow one for layer-wise),
-joined in epoch order; the shuffled-pairs baseline is drawn as grey markers and dashed lines.
+joined in epoch order; the shuffled-pairs baseline (same estimator, Z's rows shuffled) is drawn per epoch as grey markers on dashed lines.
 ``plot_layer_curves``: value against epoch per layer (one row per target), baseline dotted.
 Axis labels use the estimator's name (``nHSIC(X;Z)``), not I(.;.), because nHSIC is not a
 mutual information (ESTIMATORS.md).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -163,12 +163,13 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
                             edgecolors="k", linewidths=0.3, zorder=3, label=s)
             mappables[s] = sc
         if base is not None:
-            b = base[base["layer"] == layer]
-            if not b.empty:
-                ax.scatter(b["x"], b["y"], color="0.75", marker=".", s=18, zorder=2,
-                           label="shuffled baseline" if k == 0 else None)
-                ax.axvline(float(np.nanmean(b["x"])), color="0.5", ls="--", lw=0.8, zorder=0)
-                ax.axhline(float(np.nanmean(b["y"])), color="0.5", ls="--", lw=0.8, zorder=0)
+            for s in series:
+                b = base[(base["series"] == s) & (base["layer"] == layer)]
+                if b.empty:
+                    continue
+                ax.plot(b["x"], b["y"], "--", color="0.6", lw=0.8, marker=styles[s][1], ms=3.5,
+                        mfc="0.8", mec="0.6", zorder=2,
+                        label=f"shuffled baseline ({s})" if k == 0 else None)
         idx = int(df.loc[df["layer"] == layer, "layer_index"].min())
         ax.set_title(f"layer {idx}: {layer}", fontsize=10)
         ax.set_xlabel(f"{lab}(X;Z)")
@@ -178,7 +179,7 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
         axes[k // ncols][k % ncols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside upper center", ncol=len(handles), frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), frameon=False)
     for s, sc in mappables.items():
         cb = fig.colorbar(sc, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
         cb.set_label(f"epoch ({s})")

@@ -31,7 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -430,7 +430,9 @@ def _fig_probes(probes: pd.DataFrame, out: Path) -> Optional[str]:
     ests = sorted(probes["estimator"].unique())
     fig, axes = plt.subplots(1, len(ests), figsize=(4.2 * len(ests), 3.2), squeeze=False)
     for ax, est in zip(axes[0], ests):
-        for run, s in probes[probes["estimator"] == est].groupby("run"):
+        sub = probes[probes["estimator"] == est]
+        key = sub["run"] + np.where(sub["source"] == "estimates table", "", " (report)") if "source" in sub else sub["run"]
+        for run, s in sub.groupby(key):
             s = s.sort_values("layer_index")
             line, = ax.plot(s["layer"], s["value"], marker="o", label=f"{run} (test)" if est == "linear-probe" else run)
             if est == "linear-probe" and "accuracy_train" in s and s["accuracy_train"].notna().any():
@@ -554,11 +556,13 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
         last = nn_rows.groupby(["run", "estimator"])["epoch"].transform("max")
         probes = nn_rows[nn_rows["epoch"] == last].copy()
         probes = probes[probes["target"].isin(["x", "y"]) & probes["value"].notna()]  # NaN: not applicable
+        probes["source"] = "estimates table"
     recs: Dict[str, Dict[str, Any]] = {}
     if stores and (cfg.reconstruct or cfg.probe):
         run_probe = cfg.probe and not (len(probes) and (probes["estimator"] == "linear-probe").any())
         extra, recs = _store_neural(stores, cfg, run_probe)
         if len(extra):
+            extra["source"] = "report run on store"
             probes = pd.concat([probes, extra], ignore_index=True)
 
     md: List[str] = [f"# {cfg.title}", ""]
@@ -630,7 +634,8 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     md.append("")
     if len(probes):
         _write_csv(probes, out / "probes.csv")
-        cols = ["run", "epoch", "layer", "estimator", "value", "accuracy_train", "accuracy_test", "bce_test"]
+        cols = ["run", "epoch", "layer", "estimator", "value", "accuracy_train", "accuracy_test", "bce_test",
+                "source"]
         md.append(_md_table(probes.sort_values(["estimator", "run", "layer_index"]), cols))
         fig = _fig_probes(probes, out)
         if fig:

@@ -19,7 +19,6 @@ continue them from ``rows_done`` (resume after an interruption).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -274,7 +273,8 @@ class ActivationStore:
     def begin_checkpoint(self, ckpt: str, *, attrs: Mapping[str, Any]) -> int:
         """Create (or reopen, for resume) a checkpoint group; returns the rows already written.
 
-        A reopened incomplete group whose ``sha256`` differs from ``attrs["sha256"]`` is restarted.
+        A reopened incomplete group whose ``sha256`` (or ``layers_spec`` / ``dtype``, when given)
+        differs from ``attrs`` is restarted from row 0.
         """
         self._require_write()
         groups = self._f["checkpoints"]
@@ -282,7 +282,9 @@ class ActivationStore:
             g = groups[ckpt]
             if bool(g.attrs.get("complete", False)):
                 raise StoreError(f"checkpoint {ckpt!r} is already complete in {str(self.path)!r}")
-            if g.attrs.get("sha256") == attrs.get("sha256"):
+            same = all(g.attrs.get(k) == attrs.get(k) for k in ("sha256", "layers_spec", "dtype")
+                       if k in attrs)
+            if same:
                 return int(g.attrs.get("rows_done", 0))
             del groups[ckpt]
         g = groups.create_group(ckpt)

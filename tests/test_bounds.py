@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from hypothesis.extra.numpy import arrays
 
 from benchmarks.groundtruth import (LabelTask, bivariate_task, dense_task, gaussian_chi2_mi, gaussian_mi,
                                     two_pair_task)

@@ -1,4 +1,6 @@
 """The whole CLI chain, train -> extract -> estimate -> plot, on tiny data, and its error paths."""
+import json
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -33,6 +35,9 @@ def test_cli_chain_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch_0002" in out and "conv1" in out
     assert main(["info", ckpts[0]]) == 0 and "lenet5" in capsys.readouterr().out
+    assert main(["info", "--json", str(acts)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_samples"] == 200 and [c["epoch"] for c in info["checkpoints"]] == [0, 1, 2]
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
@@ -61,3 +66,12 @@ def test_cli_lists(capsys):
     assert "nhsic" in capsys.readouterr().out
     assert main(["models"]) == 0
     assert "lenet5" in capsys.readouterr().out
+
+
+def test_demo_summary_table():
+    from infoplane.demo import summary_table
+
+    df = pd.DataFrame({"regime": "e2e", "layer_index": 1, "layer": "fc1", "target": "y",
+                       "epoch": [0, 1, 2], "value": [1.0, 3.0, 2.0], "baseline": [0.5, 0.5, 0.5]})
+    row = summary_table(df).iloc[0]
+    assert (row["first"], row["peak"], row["peak_epoch"], row["last"]) == (1.0, 3.0, 1, 2.0)

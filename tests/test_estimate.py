@@ -113,3 +113,10 @@ def test_bad_configs(store):
 def test_write_csv_atomic(tmp_path):
     out = write_csv_atomic(pd.DataFrame({"a": [1, 2]}), tmp_path / "sub" / "e.csv")
     assert pd.read_csv(out).a.tolist() == [1, 2] and not list(out.parent.glob("*.partial"))
+
+
+def test_thread_setting_is_restored(store):
+    before = torch.get_num_threads()
+    estimate_store(store[0], EstimateConfig(progress=False, layers=["noise"], checkpoints=["epoch_0000"],
+                                            num_threads=1))
+    assert torch.get_num_threads() == before

@@ -25,7 +25,10 @@ def test_quick_run_writes_consistent_outputs(tmp_path):
     piv = nh.pivot_table(index=["task", "m", "seed"], columns="eps", values="value")
     assert (piv[1e-3] > piv[1e-1]).all()
     md = (tmp_path / "gaussian_accuracy.md").read_text()
-    assert "within 10% of the chi2-MI" in md and "above its null" in md
+    assert "within 10% of the chi2-MI" in md and "above its null" in md and "## Headline (m = 64)" in md
+    (tmp_path / "gaussian_accuracy.md").unlink()
+    assert ga.main(["--report-only", "--out", str(tmp_path)]) == 0  # rebuild report from the CSV alone
+    assert "rebuilt from the CSV" in (tmp_path / "gaussian_accuracy.md").read_text()
 
 
 def test_seeded_and_reproducible():

@@ -144,3 +144,17 @@ def test_float16_and_layer_selection(tmp_path, ckpts):
         c = st.checkpoints()[0]
         assert st.layers(c) == ["conv1", "conv2", "out"]
         assert st.read(c, "out").dtype == np.float16
+
+
+def test_incomplete_group_restarts_when_request_changes(tmp_path):
+    st = _new(tmp_path / "a.h5")
+    attrs = {"epoch": 0, "step": 0, "sha256": "s", "layers_spec": "all", "dtype": "float32"}
+    st.begin_checkpoint("c", attrs=attrs)
+    st.write_layer_rows("c", "fc", 0, np.ones((4, 2), np.float32))
+    st.set_rows_done("c", 4)
+    assert st.begin_checkpoint("c", attrs=attrs) == 4                        # resume
+    assert st.begin_checkpoint("c", attrs={**attrs, "layers_spec": "fc"}) == 0   # restart
+    assert st.layers("c") == []
+    with pytest.raises(StoreError, match="cannot mark complete"):
+        st.finish_checkpoint("c")
+    st.close()

@@ -7,8 +7,9 @@ later code: test set, b = 100) and, per batch,
     nHSIC_b = Tr[ K~ (K~ + eps b I)^-1  L~ (L~ + eps b I)^-1 ],   K~ = H K H  (b x b).
 
 Here all B = floor(N / b) batches go through batched ``torch.linalg`` calls on (B, b, b) tensors
-(one ``eigh`` per side), not a Python loop. With ``K~ = U diag(s2) U^T`` and weights
-``w = s2 / (s2 + eps b)`` the value is ``||diag(w_z)^1/2 U_z^T U_o diag(w_o)^1/2||_F^2``.
+(one batched Cholesky per side), not a Python loop. With ``P = K~ + eps b I = C C^T`` the
+resolvent is ``A = K~ P^-1 = I - eps b P^-1`` (``cholesky_inverse``) and the value is
+``sum(A_z * A_o)``; a batch whose Cholesky fails (not numerically PD) falls back to ``eigh``.
 Labels (linear kernel on one-hot codes) use the push-through identity
 ``L~ (L~ + a I)^-1 = Yc (Yc^T Yc + a I)^-1 Yc^T`` (Yc = H onehot, (b, c)), so that side is a
 (B, c, c) solve, never an eigendecomposition of a rank-(c-1) matrix (float32-safe).
@@ -18,14 +19,16 @@ would: a smaller batch changes eps*b and the bias of the estimate, so it is not 
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from infoplane import kernels as _k
 
-__all__ = ["nhsic_minibatches", "batched_rbf_grams", "batched_center", "batched_sigma_median"]
+__all__ = ["nhsic_minibatches", "nhsic_minibatches_many", "MinibatchSide", "prepare_minibatch_side",
+           "batched_rbf_grams", "batched_center", "batched_sigma_median"]
 
 DeviceLike = Union[str, torch.device]
 
@@ -74,10 +77,144 @@ def _batches(x: torch.Tensor, b: int) -> torch.Tensor:
     return x[: B * b].reshape(B, b, *x.shape[1:])
 
 
-def _eig_weights(Kc: torch.Tensor, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
-    s2, U = torch.linalg.eigh(0.5 * (Kc + Kc.transpose(1, 2)))
-    s2 = s2.clamp_min(0.0)
-    return U, (s2 / (s2 + shift)).sqrt()
+def _chol(Kc: torch.Tensor, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched Cholesky of ``K~ + shift I``; returns (C, ok) with ok (B,) bool."""
+    eye = torch.eye(Kc.shape[-1], dtype=Kc.dtype, device=Kc.device)
+    P = 0.5 * (Kc + Kc.transpose(1, 2)) + shift * eye
+    C, info = torch.linalg.cholesky_ex(P)
+    return C, info == 0
+
+
+def _resolvent(Kc: torch.Tensor, shift: float, C: Optional[torch.Tensor] = None,
+               ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``A = K~ (K~ + shift I)^-1 = I - shift (K~ + shift I)^-1`` for each batch, (B, b, b)."""
+    if C is None:
+        C, ok = _chol(Kc, shift)
+    eye = torch.eye(Kc.shape[-1], dtype=Kc.dtype, device=Kc.device)
+    A = eye - shift * torch.cholesky_inverse(C)
+    if not bool(ok.all()):                       # eigh fallback for the batches that failed
+        bad = (~ok).nonzero().flatten()
+        s2, U = torch.linalg.eigh(0.5 * (Kc[bad] + Kc[bad].transpose(1, 2)))
+        s2 = s2.clamp_min(0.0)
+        A[bad] = (U * (s2 / (s2 + shift))[:, None, :]) @ U.transpose(1, 2)
+    return 0.5 * (A + A.transpose(1, 2))
+
+
+@dataclass
+class MinibatchSide:
+    """One variable cut into B minibatches of b, ready for the vectorised protocol.
+
+    kind "rbf": ``A`` (B, b, b) resolvents ``K~ (K~ + eps b I)^-1``; kind "label"/"linear":
+    ``Yc`` (B, b, c) centred codes and ``Ginv`` (B, c, c) = ``(Yc^T Yc + eps b I)^-1``.
+    Compute it once (e.g. the input X of a store) and pass it as ``other`` to every call.
+    """
+
+    kind: str
+    n: int
+    batch_size: int
+    eps: float
+    A: Optional[torch.Tensor] = None
+    Yc: Optional[torch.Tensor] = None
+    Ginv: Optional[torch.Tensor] = None
+
+
+def prepare_minibatch_side(other: Any, *, kernel: str = "rbf", batch_size: int = 100, eps: float = 1e-5,
+                           sigma: Union[str, float] = "paper", squared: bool = True,
+                           device: DeviceLike = "cpu", dtype: torch.dtype = torch.float64,
+                           num_classes: Optional[int] = None) -> MinibatchSide:
+    """Precompute the per-batch resolvents of one variable (see :class:`MinibatchSide`)."""
+    from infoplane.estimators.fast import _check_device, _check_eps  # shared validation
+
+    eps = _check_eps(eps)
+    dev = _check_device(device)
+    b = _check_batch(batch_size)
+    kern = str(kernel).lower()
+    shift = eps * b
+    if kern == "rbf":
+        X = _k.flatten(other, dtype=dtype, device=dev)
+        _k.check_finite(X, "samples")
+        _check_n(X.shape[0], b)
+        A = _resolvent(batched_center(batched_rbf_grams(_batches(X, b), sigma, squared)), shift)
+        return MinibatchSide("rbf", X.shape[0], b, eps, A=A)
+    if kern in ("label", "linear", "onehot", "one-hot"):
+        if kern == "linear":
+            Y = _k.flatten(other, dtype=dtype, device=dev)
+            _k.check_finite(Y, "samples")
+        else:
+            yt = _k.as_tensor(other, dtype=None, device=dev)
+            if yt.dim() == 2:
+                Y = yt.to(dtype)
+                _k.check_finite(Y, "label codes")
+            else:
+                Y = _k.one_hot(yt, num_classes, dtype=dtype, device=dev)
+        _check_n(Y.shape[0], b)
+        Yb = _batches(Y, b)
+        Yc = Yb - Yb.mean(dim=1, keepdim=True)                       # (B, b, c)
+        eye = torch.eye(Yc.shape[-1], dtype=dtype, device=dev)
+        Ginv = torch.linalg.inv(Yc.transpose(1, 2) @ Yc + shift * eye)   # (c, c), eigenvalues >= shift
+        return MinibatchSide("label", Y.shape[0], b, eps, Yc=Yc, Ginv=Ginv)
+    raise ValueError(f"kernel must be 'rbf', 'label' or 'linear', got {kernel!r}.")
+
+
+def _check_batch(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
+        raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}.")
+    return int(batch_size)
+
+
+def _check_n(n: int, b: int) -> None:
+    if n < b:
+        raise ValueError(f"nhsic_minibatches: {n} samples is fewer than one batch of {b}; "
+                         "lower batch_size or pass more samples.")
+
+
+def nhsic_minibatches_many(z: Any, others: Sequence[MinibatchSide], *, sigma: Union[str, float] = "paper",
+                           squared: bool = True, device: DeviceLike = "cpu",
+                           dtype: torch.dtype = torch.float64) -> list[np.ndarray]:
+    """Per-minibatch nHSIC of one representation ``z`` against several prepared sides at once.
+
+    The Z side (Gram, centring, Cholesky) is computed once and shared, e.g. for the X and Y
+    targets of one layer. Returns one (B,) array per side.
+    """
+    from infoplane.estimators.fast import _check_device
+
+    dev = _check_device(device)
+    if not others:
+        raise ValueError("nhsic_minibatches_many: pass at least one prepared side.")
+    b, eps = others[0].batch_size, others[0].eps
+    for o in others:
+        if o.batch_size != b or o.eps != eps:
+            raise ValueError("nhsic_minibatches_many: all sides must share batch_size and eps.")
+    Z = _k.flatten(z, dtype=dtype, device=dev)
+    _k.check_finite(Z, "z")
+    N = Z.shape[0]
+    _check_n(N, b)
+    for o in others:
+        if o.n != N:
+            raise ValueError(f"nhsic_minibatches: z has {N} samples but other has {o.n}.")
+    shift = eps * b
+    Kc = batched_center(batched_rbf_grams(_batches(Z, b), sigma, squared))
+    C, ok = _chol(Kc, shift)
+    A = None
+    out = []
+    for o in others:
+        if o.kind == "rbf":
+            if A is None:
+                A = _resolvent(Kc, shift, C, ok)
+            vals = (A * o.A.to(device=dev, dtype=dtype)).sum(dim=(1, 2))
+        else:
+            Yc = o.Yc.to(device=dev, dtype=dtype)
+            if A is None and bool(ok.all()):
+                # A_z Yc = Yc - shift P^-1 Yc: a solve with c right-hand sides, no inverse
+                AY = Yc - shift * torch.cholesky_solve(Yc, C)
+            else:
+                if A is None:
+                    A = _resolvent(Kc, shift, C, ok)
+                AY = A @ Yc
+            S = Yc.transpose(1, 2) @ AY                               # Yc^T A_z Yc (B, c, c)
+            vals = (o.Ginv.to(device=dev, dtype=dtype) * S.transpose(1, 2)).sum(dim=(1, 2))
+        out.append(vals.detach().to("cpu", torch.float64).numpy())
+    return out
 
 
 def nhsic_minibatches(z: Any, other: Any, *, kernel_other: str = "rbf", batch_size: int = 100,
@@ -90,51 +227,15 @@ def nhsic_minibatches(z: Any, other: Any, *, kernel_other: str = "rbf", batch_si
     z: (N, ...) representation, RBF kernel (``sigma``: 'paper' = 5 sqrt(d) of z, 'median' per
     batch, or a float; ``squared=False`` = published code's non-squared distance).
     other: X (N, ...) with ``kernel_other="rbf"`` (``sigma_other``, default ``sigma``), labels (N,)
-    int with ``kernel_other="label"``, or features with ``"linear"``.
+    int with ``kernel_other="label"``, features with ``"linear"``, or a :class:`MinibatchSide`
+    prepared once by :func:`prepare_minibatch_side` (then kernel_other/eps/batch_size come from it).
     B = N // batch_size batches; the last incomplete batch is dropped (see module docstring).
     The paper's number is the mean of the returned array.
     """
-    from infoplane.estimators.fast import _check_device, _check_eps  # shared validation
-
-    eps = _check_eps(eps)
-    dev = _check_device(device)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
-        raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}.")
-    b = int(batch_size)
-    Z = _k.flatten(z, dtype=dtype, device=dev)
-    _k.check_finite(Z, "z")
-    N = Z.shape[0]
-    if N < b:
-        raise ValueError(f"nhsic_minibatches: {N} samples is fewer than one batch of {b}; "
-                         "lower batch_size or pass more samples.")
-    kern = str(kernel_other).lower()
-    shift = eps * b
-    Uz, wz = _eig_weights(batched_center(batched_rbf_grams(_batches(Z, b), sigma, squared)), shift)
-    if kern == "rbf":
-        X = _k.flatten(other, dtype=dtype, device=dev)
-        _k.check_finite(X, "other")
-        if X.shape[0] != N:
-            raise ValueError(f"nhsic_minibatches: z has {N} samples but other has {X.shape[0]}.")
-        so = sigma if sigma_other is None else sigma_other
-        Ux, wx = _eig_weights(batched_center(batched_rbf_grams(_batches(X, b), so, squared)), shift)
-        M = (Uz.transpose(1, 2) @ Ux) * wz[:, :, None] * wx[:, None, :]
-        vals = (M * M).sum(dim=(1, 2))
-    elif kern in ("label", "linear", "onehot", "one-hot"):
-        if kern == "linear":
-            Y = _k.flatten(other, dtype=dtype, device=dev)
-            _k.check_finite(Y, "other")
-        else:
-            yt = _k.as_tensor(other, dtype=None, device=dev)
-            Y = yt.to(dtype) if yt.dim() == 2 else _k.one_hot(yt, num_classes, dtype=dtype, device=dev)
-        if Y.shape[0] != N:
-            raise ValueError(f"nhsic_minibatches: z has {N} samples but other has {Y.shape[0]}.")
-        Yb = _batches(Y, b)
-        Yc = Yb - Yb.mean(dim=1, keepdim=True)                       # (B, b, c)
-        G = Yc.transpose(1, 2) @ Yc                                   # (B, c, c)
-        T = (Uz.transpose(1, 2) @ Yc) * wz[:, :, None]                # (B, k, c): diag(w)^1/2 U^T Yc
-        S = T.transpose(1, 2) @ T                                     # Yc^T A_z Yc
-        eye = torch.eye(G.shape[-1], dtype=dtype, device=dev)
-        vals = torch.diagonal(torch.linalg.solve(G + shift * eye, S), dim1=1, dim2=2).sum(dim=1)
+    if isinstance(other, MinibatchSide):
+        side = other
     else:
-        raise ValueError(f"kernel_other must be 'rbf', 'label' or 'linear', got {kernel_other!r}.")
-    return vals.detach().to("cpu", torch.float64).numpy()
+        side = prepare_minibatch_side(other, kernel=kernel_other, batch_size=batch_size, eps=eps,
+                                      sigma=sigma if sigma_other is None else sigma_other, squared=squared,
+                                      device=device, dtype=dtype, num_classes=num_classes)
+    return nhsic_minibatches_many(z, [side], sigma=sigma, squared=squared, device=device, dtype=dtype)[0]

@@ -145,7 +145,7 @@ def _validate_common(tolerance: Optional[float], max_rank: Optional[int]) -> Non
 def factorize(x: Any = None, *, gram: Any = None, kernel: str = "rbf", sigma: Union[str, float] = "paper",
               squared: bool = True, tolerance: Optional[float] = None, max_rank: Optional[int] = None,
               device: DeviceLike = "cpu", dtype: torch.dtype = torch.float64,
-              num_classes: Optional[int] = None, block: int = 64) -> CenteredFactor:
+              num_classes: Optional[int] = None, block: int = 64, progress: bool = False) -> CenteredFactor:
     """Factor the centred Gram of one variable: ``H K H ~= U diag(s2) U^T``.
 
     x: samples (m, ...) (features), or labels (m,) int for ``kernel="label"``; or pass ``gram``
@@ -155,6 +155,7 @@ def factorize(x: Any = None, *, gram: Any = None, kernel: str = "rbf", sigma: Un
     tolerance: None = exact (eigh of the centred Gram, O(m^3)); a float in (0, 1) = low rank by
     pivoted Cholesky until ``tr(E) / tr(K) <= tolerance`` (RBF or explicit ``gram``), O(m r^2).
     Label and linear factors are exact at O(m c^2) / O(m d min(m, d)) whatever the tolerance.
+    progress: tqdm bar over the pivoted-Cholesky columns (low rank only).
     """
     _validate_common(tolerance, max_rank)
     dev = _check_device(device)
@@ -171,13 +172,14 @@ def factorize(x: Any = None, *, gram: Any = None, kernel: str = "rbf", sigma: Un
         if tolerance is None:
             return _exact_from_gram(K, "gram", None)
         ch = pivoted_cholesky(gram_columns(K), torch.diagonal(K).clone(), tolerance=float(tolerance),
-                              max_rank=max_rank, block=block)
+                              max_rank=max_rank, block=block, progress=progress)
         return _lowrank_from_cholesky(ch, kernel="gram", sigma=None)
 
     if kern in ("label", "onehot", "one-hot"):
         y = _k.as_tensor(x, dtype=None, device=dev)
         if y.dim() == 2:           # already one-hot / soft codes (m, c)
             Y = y.to(dtype)
+            _k.check_finite(Y, "label codes")
         else:
             if y.is_floating_point():
                 _k.check_finite(y, "labels")
@@ -199,7 +201,7 @@ def factorize(x: Any = None, *, gram: Any = None, kernel: str = "rbf", sigma: Un
         K = _k.rbf_gram(X, sigma=s, squared=squared, dtype=dtype, check=False)
         return _exact_from_gram(K, "rbf", s)
     ch = pivoted_cholesky(rbf_columns(X, s, squared), torch.ones(X.shape[0], dtype=dtype, device=dev),
-                          tolerance=float(tolerance), max_rank=max_rank, block=block)
+                          tolerance=float(tolerance), max_rank=max_rank, block=block, progress=progress)
     return _lowrank_from_cholesky(ch, kernel="rbf", sigma=s)
 
 

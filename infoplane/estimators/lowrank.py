@@ -111,13 +111,16 @@ def _block_pivots(C: torch.Tensor, before: torch.Tensor, accept: float) -> tuple
 
 def pivoted_cholesky(cols: Callable[[torch.Tensor], torch.Tensor], diag: torch.Tensor, *,
                      tolerance: float, max_rank: Optional[int] = None, block: int = 64,
-                     accept: float = 0.1) -> CholeskyFactor:
+                     accept: float = 0.1, progress: bool = False) -> CholeskyFactor:
     """Blocked greedy pivoted Cholesky of a PSD matrix given by columns and its diagonal.
 
     cols: ``idx (k,) -> K[:, idx] (m, k)``; diag: (m,) diagonal of K (dtype/device of the result).
     Stops as soon as ``tr(E) <= tolerance * tr(K)`` (the factor is cut to the first column that
     reaches it) or when ``max_rank`` columns are taken (default ``m``). Cost ``O(m r (r + d))``.
+    progress: tqdm bar counting columns (silent when not a terminal).
     """
+    from tqdm.auto import tqdm
+
     if not (tolerance > 0):
         raise ValueError(f"pivoted_cholesky: tolerance must be > 0, got {tolerance!r}.")
     m = int(diag.shape[0])
@@ -134,6 +137,7 @@ def pivoted_cholesky(cols: Callable[[torch.Tensor], torch.Tensor], diag: torch.T
     history = [total]
     r = 0
     taken = torch.zeros(m, dtype=torch.bool, device=device)
+    bar = tqdm(total=max_rank, desc="pivoted Cholesky", unit="col", disable=None if progress else True)
     while r < max_rank and history[-1] > target:
         k = min(block, max_rank - r, m - r)
         # stable sort: ties (e.g. the all-ones RBF diagonal) go to the lowest index on CPU and GPU alike
@@ -173,9 +177,11 @@ def pivoted_cholesky(cols: Callable[[torch.Tensor], torch.Tensor], diag: torch.T
         res = (res - (W[:, :keep] ** 2).sum(dim=1)).clamp_min_(0.0)
         res[taken] = 0.0
         r += keep
+        bar.update(keep)
         history.extend(hist_new[:keep])
         # keep the running trace honest (rounding): recompute from the residual diagonal
         history[-1] = max(float(res.sum()), 0.0) if r < m else 0.0
+    bar.close()
     piv = torch.cat(pivots) if pivots else torch.zeros(0, dtype=torch.long, device=device)
     return CholeskyFactor(factor=L[:, :r].contiguous(), pivots=piv, residual_trace=max(history[-1], 0.0),
                           trace=total, trace_history=torch.tensor(history, dtype=torch.float64))

@@ -144,10 +144,13 @@ class ModularRegime(Regime):
         return self.local_loss(k, h, x, y)
 
     def run(self, x: torch.Tensor, y: Optional[torch.Tensor], start: int = 0, stop: Optional[int] = None,
-            h: Optional[torch.Tensor] = None, inp: Optional[torch.Tensor] = None
+            h: Optional[torch.Tensor] = None, inp: Optional[torch.Tensor] = None, backward: bool = False
             ) -> Tuple[Dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Modules ``start..stop-1`` with StopGrad between them; losses only when ``y`` is given.
 
+        ``backward=True`` back-propagates each module's loss as soon as it is computed ("the
+        back-propagation process of all local modules is sequentially triggered", seed 003 sec. 4),
+        so only one module's graph is alive at a time; the returned losses are then detached.
         Returns (losses by module, last output, last module input)."""
         stop = self.K if stop is None else stop
         losses: Dict[int, torch.Tensor] = {}
@@ -155,7 +158,11 @@ class ModularRegime(Regime):
             inp = x if k == 0 else self.module_input(k, x, h.detach(), inp.detach())  # type: ignore[union-attr]
             h = self.split.blocks[k](inp)
             if y is not None:
-                losses[k] = self.module_loss(k, h, x, y)
+                loss = self.module_loss(k, h, x, y)
+                if backward:
+                    loss.backward()
+                    loss = loss.detach()
+                losses[k] = loss
         return losses, h, inp  # type: ignore[return-value]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,6 +205,9 @@ class ModularRegime(Regime):
         if self.async_mode and self.stage is not None:
             for j, block in enumerate(self.split.blocks):
                 block.train(j == self.stage)
+            current = self.aux_of(self.stage)
+            for m in self.heads.values():  # frozen modules' aux nets (e.g. context encoders): eval
+                m.train(any(m is a for a in current))
 
     def on_epoch_end(self, epoch: int) -> None:
         if self.async_mode and self.stage is None:
@@ -205,19 +215,22 @@ class ModularRegime(Regime):
         super().on_epoch_end(epoch)
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+        if self.async_mode and self.stage is None:
+            self.enter_stage(0)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         if self.async_mode:
-            if self.stage is None:
-                self.enter_stage(0)
             k = self.stage
             if k == 0:
-                losses, _, _ = self.run(x, y, 0, 1)
+                losses, _, _ = self.run(x, y, 0, 1, backward=True)
             else:
                 h, inp = self.cache(x)  # type: ignore[misc]
-                losses, _, _ = self.run(x, y, k, k + 1, h=h, inp=inp)
+                losses, _, _ = self.run(x, y, k, k + 1, h=h, inp=inp, backward=True)
         else:
-            losses, _, _ = self.run(x, y)
+            losses, _, _ = self.run(x, y, backward=True)
+        for opt in self.optimizers:
+            opt.step()
         total = torch.stack([v.float() for v in losses.values()]).sum()
-        self.step(total)
         stats = {"loss": float(total.detach())}
         stats.update({f"loss_m{k}": float(v.detach()) for k, v in losses.items()})
         return stats
