@@ -175,6 +175,9 @@ class _Runner:
         self.params: Dict[str, Any] = dict(self.spec.defaults)
         if "eps" in self.params or self.spec.name == "nhsic":
             self.params["eps"] = float(cfg.eps)
+        if self.kind == "neural":  # trained estimators: the run's seed, device and progress setting
+            self.params.update(seed=int(cfg.seed), device=str(cfg.device), progress=bool(cfg.progress))
+        self.extras: Dict[str, float] = {}
         self.fast = _fast_api() if self.spec.name == "nhsic" else None
         if cfg.tolerance is not None and not (self.fast is not None and cfg.full):
             raise ValueError("--tolerance applies to full-sample nHSIC (--full --estimator nhsic) only")
@@ -243,6 +246,9 @@ class _Runner:
                         raise _NotApplicable() from None
                     raise
             out.append(_to_float(v))
+            if isinstance(v, dict):  # secondary outputs (held-out accuracy, BCE, ...) become columns
+                self.extras = {k: float(x) for k, x in v.items()
+                               if k != "value" and isinstance(x, (int, float)) and not isinstance(x, bool)}
         if self.kind != "kernel" and all(math.isnan(v) for v in out):
             raise _NotApplicable()
         return out
@@ -311,10 +317,12 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
             reader = _LayerReader(store, c, name)
             for target in ("x", "y"):
                 t0 = time.perf_counter()
+                runner.extras = {}
                 try:
                     vals = runner.values(reader, target, shuffled=False)
                 except _NotApplicable:
                     continue  # e.g. a label-only estimator and target x: no row
+                extras = dict(runner.extras)
                 base = runner.values(reader, target, shuffled=True) if cfg.baseline else []
                 seconds = time.perf_counter() - t0
                 rows.append({
@@ -329,8 +337,9 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
                     "baseline_std": float(np.std(base, ddof=1)) if len(base) > 1 else math.nan,
                     "seconds": seconds, "eps": float(runner.params["eps"]) if "eps" in runner.params else math.nan,
                     "sigma_rule": sigma_rule, "distance": "squared" if cfg.squared else "euclidean",
-                    "seed": int(cfg.seed), "store": str(path)})
-    return pd.DataFrame(rows, columns=COLUMNS)
+                    "seed": int(cfg.seed), "store": str(path), **extras})
+    extra_cols = sorted({k for r in rows for k in r} - set(COLUMNS))
+    return pd.DataFrame(rows, columns=COLUMNS + extra_cols)
 
 
 def estimate_to_csv(path: PathLike, out: PathLike, config: Optional[EstimateConfig] = None) -> Path:

@@ -126,6 +126,10 @@ def test_registered_and_run_through_estimate_store(tmp_path):
     y = df[df["target"] == "y"].set_index(["checkpoint", "layer"])["value"]
     assert df[df["target"] == "x"]["value"].isna().all()
     assert (y.xs("fc1", level="layer") > 0.8).all()  # fc1 holds one-hot labels + small noise
+    # the probe's secondary outputs are columns of the table, row-aligned with the value
+    ydf = df[df["target"] == "y"]
+    assert {"accuracy_train", "n_train", "n_test"} <= set(df.columns)
+    assert (ydf["accuracy_train"].between(0, 1)).all() and (ydf["n_train"] > ydf["n_test"]).all()
 
 
 from hypothesis import given, settings, strategies as st
