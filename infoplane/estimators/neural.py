@@ -107,13 +107,17 @@ def _make_config(cls, config: Optional[_TrainConfig], params: Mapping[str, Any])
 
 
 # ----------------------------------------------------------------------------- helpers
-def _as_float(x: ArrayLike, name: str) -> torch.Tensor:
+def _cpu_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+    """A detached CPU tensor view of a numpy array or torch tensor (no dtype change)."""
     if isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
-    elif isinstance(x, torch.Tensor):
-        t = x.detach().cpu()
-    else:
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def _as_float(x: ArrayLike, name: str) -> torch.Tensor:
+    t = _cpu_tensor(x, name)
     if t.ndim < 1 or t.shape[0] == 0:
         raise ValueError(f"{name} must have shape (N, ...) with N >= 1, got {tuple(t.shape)}")
     t = t.to(torch.float32)
@@ -123,12 +127,7 @@ def _as_float(x: ArrayLike, name: str) -> torch.Tensor:
 
 
 def _as_labels(y: ArrayLike, n: int) -> torch.Tensor:
-    if isinstance(y, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(y))
-    elif isinstance(y, torch.Tensor):
-        t = y.detach().cpu()
-    else:
-        raise ValueError(f"labels must be a numpy array or torch tensor, got {type(y).__name__}")
+    t = _cpu_tensor(y, "labels")
     if t.ndim != 1 or t.shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) (one integer class per sample), got {tuple(t.shape)}")
     if t.is_floating_point():

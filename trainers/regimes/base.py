@@ -94,6 +94,14 @@ class Regime:
         for opt in self.optimizers:
             opt.step()
 
+    def step_local_losses(self, per_layer: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """One optimiser step on the sum of per-layer local losses; returns ``loss`` and ``loss_<layer>``."""
+        total = torch.stack(list(per_layer.values())).sum()
+        self.step(total)
+        stats = {"loss": float(total.detach())}
+        stats.update({f"loss_{k}": float(v.detach()) for k, v in per_layer.items()})
+        return stats
+
     def lr(self) -> float:
         """Current learning rate of the first optimiser (for the metrics)."""
         return float(self.optimizers[0].param_groups[0]["lr"]) if self.optimizers else float("nan")

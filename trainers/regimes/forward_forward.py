@@ -143,12 +143,7 @@ class ForwardForward(Regime):
         return out
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
-        per_layer = self.local_losses(x, y)
-        total = torch.stack(list(per_layer.values())).sum()
-        self.step(total)
-        stats = {"loss": float(total.detach())}
-        stats.update({f"loss_{k}": float(v.detach()) for k, v in per_layer.items()})
-        return stats
+        return self.step_local_losses(self.local_losses(x, y))
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor) -> torch.Tensor:
