@@ -60,6 +60,9 @@ def as_tensor(x: ArrayLike, dtype: Optional[torch.dtype] = torch.float64,
             t = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"as_tensor: cannot convert {type(x).__name__} to a tensor: {exc}") from exc
+    if t.is_complex() and (dtype is None or not dtype.is_complex):
+        raise ValueError(f"as_tensor: got complex values (dtype {t.dtype}); the estimators work on real "
+                         "data. Pass x.real, x.abs() or stack real and imaginary parts as features.")
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype if dtype is not None else t.dtype,
                  device=device if device is not None else t.device)

@@ -42,8 +42,8 @@ def test_pvalue_convention_and_power(rng):
 
 def test_null_baseline_level_and_reproducible(rng):
     x, y = _pair(rng)
-    b1 = null_baseline(x, y, "nhsic", n_shuffles=3, seed=5, sigma_x=1.0, sigma_y=1.0)
-    b2 = null_baseline(x, y, "nhsic", n_shuffles=3, seed=5, sigma_x=1.0, sigma_y=1.0)
+    b1 = null_baseline(x, y, "nhsic", n_permutations=3, seed=5, sigma_x=1.0, sigma_y=1.0)
+    b2 = null_baseline(x, y, "nhsic", n_permutations=3, seed=5, sigma_x=1.0, sigma_y=1.0)
     assert b1 == b2
     v = infoplane.dependence(x, y, "nhsic", sigma_x=1.0, sigma_y=1.0)
     assert 0 < b1 < v
@@ -56,7 +56,7 @@ def test_samples_kind_uses_reversed_direction(rng):
     res = permutation_test(z, y, "snn", n_permutations=19, seed=0, temperature=2.0)
     assert res.value < res.null_mean
     assert res.p_value == pytest.approx(1 / 20)
-    assert null_baseline(z, y, "snn", n_shuffles=2, temperature=2.0) > res.value
+    assert null_baseline(z, y, "snn", n_permutations=2, temperature=2.0) > res.value
 
 
 def test_dependence_dispatch(rng):
@@ -97,8 +97,8 @@ def test_bad_inputs(rng):
         infoplane.dependence(x, y[:19])
     with pytest.raises(ValueError, match="n_permutations"):
         permutation_test(x, y, "nhsic", n_permutations=0)
-    with pytest.raises(ValueError, match="n_shuffles"):
-        null_baseline(x, y, "hsic", n_shuffles=-1)
+    with pytest.raises(ValueError, match="n_permutations"):
+        null_baseline(x, y, "hsic", n_permutations=-1)
     with pytest.raises(ValueError, match="eps"):
         infoplane.dependence(x, y, "nhsic", eps=0.0)
     with pytest.raises(ValueError, match="median pairwise distance is 0"):

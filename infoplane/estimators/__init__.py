@@ -15,7 +15,8 @@ from infoplane.estimators.nhsic import check_eps, nhsic, nhsic_eps_path, nhsic_f
 from infoplane.estimators.registry import (EstimatorSpec, get_estimator, list_estimators,
                                            register_estimator)
 from infoplane.estimators.snn import soft_nearest_neighbour_loss
-from infoplane.estimators.dependence import dependence, pair_grams
+from infoplane.estimators.dependence import pair_grams
+from infoplane.estimators.protocol import DependenceResult, assess, dependence
 from infoplane.estimators.null import (PermutationResult, null_baseline, null_baseline_grams,
                                        permutation_test, permutation_test_grams)
 from infoplane.kernels import center
@@ -23,7 +24,7 @@ from infoplane.kernels import center
 __all__ = [
     "hsic_biased", "hsic_unbiased", "nhsic", "nhsic_eps_path", "resolvent", "nhsic_from_resolvents",
     "soft_nearest_neighbour_loss", "EstimatorSpec", "register_estimator", "get_estimator",
-    "list_estimators", "dependence", "pair_grams", "PermutationResult", "null_baseline",
+    "list_estimators", "dependence", "assess", "DependenceResult", "pair_grams", "PermutationResult", "null_baseline",
     "null_baseline_grams", "permutation_test", "permutation_test_grams", "validate_grams",
 ]
 

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from infoplane import kernels as _k
+from infoplane.estimators.chance import SpectralSummary, summarize
 
 __all__ = ["nhsic_minibatches", "nhsic_minibatches_many", "MinibatchSide", "prepare_minibatch_side",
-           "batched_rbf_grams", "batched_center", "batched_sigma_median"]
+           "minibatch_values", "batched_rbf_grams", "batched_center", "batched_sigma_median"]
 
 DeviceLike = Union[str, torch.device]
 
@@ -106,6 +107,8 @@ class MinibatchSide:
 
     kind "rbf": ``A`` (B, b, b) resolvents ``K~ (K~ + eps b I)^-1``; kind "label"/"linear":
     ``Yc`` (B, b, c) centred codes and ``Ginv`` (B, c, c) = ``(Yc^T Yc + eps b I)^-1``.
+    ``summary``: trace, trace of the square, squared diagonal and eigenvalues of each batch's
+    resolvent (``infoplane.estimators.chance``), for the exact null moments and the upper bound.
     Compute it once (e.g. the input X of a store) and pass it as ``other`` to every call.
     """
 
@@ -116,6 +119,7 @@ class MinibatchSide:
     A: Optional[torch.Tensor] = None
     Yc: Optional[torch.Tensor] = None
     Ginv: Optional[torch.Tensor] = None
+    summary: Optional[SpectralSummary] = None
 
 
 def prepare_minibatch_side(other: Any, *, kernel: str = "rbf", batch_size: int = 100, eps: float = 1e-5,
@@ -135,7 +139,7 @@ def prepare_minibatch_side(other: Any, *, kernel: str = "rbf", batch_size: int =
         _k.check_finite(X, "samples")
         _check_n(X.shape[0], b)
         A = _resolvent(batched_center(batched_rbf_grams(_batches(X, b), sigma, squared)), shift)
-        return MinibatchSide("rbf", X.shape[0], b, eps, A=A)
+        return MinibatchSide("rbf", X.shape[0], b, eps, A=A, summary=summarize(A))
     if kern in ("label", "linear", "onehot", "one-hot"):
         if kern == "linear":
             Y = _k.flatten(other, dtype=dtype, device=dev)
@@ -151,9 +155,38 @@ def prepare_minibatch_side(other: Any, *, kernel: str = "rbf", batch_size: int =
         Yb = _batches(Y, b)
         Yc = Yb - Yb.mean(dim=1, keepdim=True)                       # (B, b, c)
         eye = torch.eye(Yc.shape[-1], dtype=dtype, device=dev)
-        Ginv = torch.linalg.inv(Yc.transpose(1, 2) @ Yc + shift * eye)   # (c, c), eigenvalues >= shift
-        return MinibatchSide("label", Y.shape[0], b, eps, Yc=Yc, Ginv=Ginv)
+        G = Yc.transpose(1, 2) @ Yc
+        Ginv = torch.linalg.inv(G + shift * eye)   # (c, c), eigenvalues >= shift
+        return MinibatchSide("label", Y.shape[0], b, eps, Yc=Yc, Ginv=Ginv, summary=_label_summary(Yc, G, Ginv, shift))
     raise ValueError(f"kernel must be 'rbf', 'label' or 'linear', got {kernel!r}.")
+
+
+def _label_summary(Yc: torch.Tensor, G: torch.Tensor, Ginv: torch.Tensor, shift: float) -> SpectralSummary:
+    """Summary of ``R = Yc Ginv Yc^T`` from (c, c) quantities: its eigenvalues are ``mu / (mu + shift)``
+    with ``mu`` those of ``Yc^T Yc``."""
+    mu = torch.linalg.eigvalsh(0.5 * (G + G.transpose(1, 2))).clamp_min(0.0).flip(-1)
+    w = mu / (mu + shift)
+    diag = ((Yc @ Ginv) * Yc).sum(-1)
+    return SpectralSummary(trace=w.sum(-1), trace_sq=(w * w).sum(-1), diag_sq=(diag * diag).sum(-1),
+                           eigenvalues=w, m=int(Yc.shape[1]))
+
+
+def minibatch_values(a: MinibatchSide, b: MinibatchSide) -> torch.Tensor:
+    """Per-batch nHSIC ``Tr(R_a R_b)`` of two prepared sides (at least one of kind "rbf"): (B,)."""
+    if a.batch_size != b.batch_size or a.eps != b.eps or a.n != b.n:
+        raise ValueError("minibatch_values: both sides must share n, batch_size and eps "
+                         f"(got {a.n}/{a.batch_size}/{a.eps} and {b.n}/{b.batch_size}/{b.eps}).")
+    if a.kind != "rbf":
+        a, b = b, a
+    if a.kind != "rbf":
+        # both label/linear: Tr(Ya Ga Ya^T Yb Gb Yb^T) = sum((Ga Ya^T Yb) * (Yb^T Ya Gb)^T)
+        C = a.Yc.transpose(1, 2) @ b.Yc.to(a.Yc)
+        return ((a.Ginv @ C) * (C @ b.Ginv.to(a.Yc))).sum(dim=(1, 2))
+    if b.kind == "rbf":
+        return (a.A * b.A.to(a.A)).sum(dim=(1, 2))
+    Yc = b.Yc.to(a.A)
+    S = Yc.transpose(1, 2) @ (a.A @ Yc)                                   # Yc^T A Yc (B, c, c)
+    return (b.Ginv.to(a.A) * S.transpose(1, 2)).sum(dim=(1, 2))
 
 
 def _check_batch(batch_size: Any) -> int:

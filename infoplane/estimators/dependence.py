@@ -1,8 +1,10 @@
-"""``dependence(x, y)``: any registered estimator on raw paired samples (ESTIMATORS.md).
+"""Paired samples to Gram matrices (used by the permutation tests and the estimation engine).
 
 For kernel estimators the Gram matrices are built here (``infoplane.kernels``): RBF on x with the
-paper's bandwidth ``sigma = 5 sqrt(d)`` by default, and for y ``kernel_y="auto"``: the linear kernel
-on one-hot codes when y is a 1-D integer label vector (seed 000 sec. 3), else RBF.
+bandwidth ``sigma = 5 sqrt(d)`` of Sakamoto & Sato (2024) by default, and for y ``kernel_y="auto"``:
+the linear kernel on one-hot codes when y is a 1-D integer label vector, else RBF
+(``infoplane.estimators.protocol.resolve_kernel``). ``dependence`` itself lives in
+``infoplane.estimators.protocol``.
 """
 from __future__ import annotations
 
@@ -10,10 +12,9 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
-from infoplane.estimators.registry import EstimatorSpec, get_estimator
 from infoplane.kernels import ArrayLike, SigmaLike, as_tensor, gram
 
-__all__ = ["dependence", "pair_grams", "check_paired"]
+__all__ = ["pair_grams", "check_paired"]
 
 
 def check_paired(x: ArrayLike, y: ArrayLike) -> int:
@@ -32,30 +33,11 @@ def pair_grams(x: ArrayLike, y: ArrayLike, kernel_x: str = "rbf", kernel_y: str 
                num_classes: Optional[int] = None, *, dtype: torch.dtype = torch.float64,
                device: Optional[Union[str, torch.device]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gram matrices ``(K, L)``, each ``(m, m)``, for paired samples x (m, ...) and y (m, ...) or (m,)."""
+    from infoplane.estimators.protocol import resolve_kernel
+
     check_paired(x, y)
+    kernel_x, kernel_y = resolve_kernel(x, kernel_x), resolve_kernel(y, kernel_y)
     K = gram(x, kernel_x, sigma=sigma_x, squared=squared, num_classes=None, dtype=dtype, device=device)
     L = gram(y, kernel_y, sigma=sigma_y, squared=squared, num_classes=num_classes, dtype=dtype,
              device=K.device)
     return K, L
-
-
-def dependence(x: ArrayLike, y: ArrayLike, estimator: Union[str, EstimatorSpec] = "nhsic",
-               kernel_x: str = "rbf", kernel_y: str = "auto", sigma_x: SigmaLike = "paper",
-               sigma_y: SigmaLike = "paper", squared: bool = True, num_classes: Optional[int] = None, *,
-               dtype: torch.dtype = torch.float64, device: Optional[Union[str, torch.device]] = None,
-               **params: Any) -> float:
-    """Dependence between paired samples by estimator name, e.g.
-    ``dependence(z, labels)`` = nHSIC(Y, Z) with eps=1e-5, RBF sigma=5 sqrt(d) on z, one-hot linear on y.
-
-    ``params`` go to the estimator (e.g. ``eps=1e-3``, ``temperature=...``), over its defaults.
-    """
-    spec = get_estimator(estimator)
-    kw = {**spec.defaults, **params}
-    if spec.kind == "kernel":
-        K, L = pair_grams(x, y, kernel_x, kernel_y, sigma_x, sigma_y, squared, num_classes,
-                          dtype=dtype, device=device)
-        out = spec.fn(K, L, **kw)
-    else:
-        check_paired(x, y)
-        out = spec.fn(x, y, **kw)
-    return float(out.detach().cpu()) if isinstance(out, torch.Tensor) else float(out)

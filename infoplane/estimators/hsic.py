@@ -17,15 +17,30 @@ from infoplane.kernels import ArrayLike, as_tensor, center, check_finite
 
 __all__ = ["hsic_biased", "hsic_unbiased", "validate_grams"]
 
+_HALF = (torch.float16, torch.bfloat16)
+
 
 def validate_grams(K: ArrayLike, L: ArrayLike, *, min_m: int = 2, name: str = "estimator",
                    dtype: Optional[torch.dtype] = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
     """Convert to tensors of ``dtype`` on K's device and check: square, same m, m >= min_m, finite."""
+    for nm, G in (("K", K), ("L", L)):
+        gd = getattr(G, "dtype", None)
+        if gd in _HALF or str(gd) == "float16" or dtype in _HALF:
+            raise ValueError(f"{name}: {nm} is a half-precision ({gd if gd in _HALF or str(gd) == 'float16' else dtype}) "
+                             "Gram matrix; its entries lie near 1 and half precision rounds away the centred part "
+                             "(errors of 100% and more were seen). Compute Grams in float32 or float64.")
     Kt = as_tensor(K, dtype=dtype)
     Lt = as_tensor(L, dtype=dtype, device=Kt.device)
     for nm, G in (("K", Kt), ("L", Lt)):
         if G.dim() != 2 or G.shape[0] != G.shape[1]:
             raise ValueError(f"{name}: {nm} must be a square (m, m) Gram matrix, got shape {tuple(G.shape)}.")
+        if G.is_floating_point() and G.shape[0] > 1:
+            scale = float(G.detach().abs().max())
+            asym = float((G.detach() - G.detach().T).abs().max())
+            tol = (1e-5 if G.dtype == torch.float32 else 1e-10) * max(scale, 1e-300)
+            if asym > tol:
+                raise ValueError(f"{name}: {nm} is not symmetric (max |{nm} - {nm}^T| = {asym:.3g}, max |{nm}| = "
+                                 f"{scale:.3g}); a Gram matrix k(x_i, x_j) is symmetric: check how it was built.")
     if Kt.shape[0] != Lt.shape[0]:
         raise ValueError(f"{name}: K and L have different sample counts ({Kt.shape[0]} vs {Lt.shape[0]}); "
                          "pass Gram matrices of the same paired samples.")

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from infoplane.estimators.dependence import check_paired, pair_grams
 from infoplane.estimators.hsic import validate_grams
+from infoplane.estimators.protocol import check_estimator_params
 from infoplane.estimators.registry import EstimatorSpec, get_estimator
 from infoplane.kernels import ArrayLike, SigmaLike, as_tensor
 
@@ -66,7 +67,7 @@ def permutation_test_grams(K: ArrayLike, L: ArrayLike, estimator: Union[str, Est
     if spec.kind != "kernel":
         raise ValueError(f"estimator {spec.name!r} is of kind {spec.kind!r}; use permutation_test(x, y, ...).")
     n = _check_n(n_permutations, "n_permutations")
-    kw = {**spec.defaults, **params}
+    kw = check_estimator_params(spec, params)
     Kt, Lt = validate_grams(K, L, name=f"permutation_test({spec.name})", dtype=None)
     m = Kt.shape[0]
     perms = tqdm(_perms(m, n, seed, Kt.device), total=n, desc=f"null {spec.name}",
@@ -88,31 +89,37 @@ def permutation_test_grams(K: ArrayLike, L: ArrayLike, estimator: Union[str, Est
 
 
 def null_baseline_grams(K: ArrayLike, L: ArrayLike, estimator: Union[str, EstimatorSpec] = "nhsic",
-                        n_shuffles: int = 1, seed: int = 0, **params: Any) -> float:
-    """Mean value of a kernel estimator over ``n_shuffles`` shuffled pairings of precomputed Grams."""
-    n = _check_n(n_shuffles, "n_shuffles")
+                        n_permutations: int = 1, seed: int = 0, **params: Any) -> float:
+    """Mean value of a kernel estimator over ``n_permutations`` shuffled pairings of precomputed Grams."""
+    n = _check_n(n_permutations, "n_permutations")
     return permutation_test_grams(K, L, estimator, n, seed, **params).null_mean
 
 
 def permutation_test(x: ArrayLike, y: ArrayLike, estimator: Union[str, EstimatorSpec] = "nhsic",
                      n_permutations: int = 200, seed: int = 0, *, kernel_x: str = "rbf",
-                     kernel_y: str = "auto", sigma_x: SigmaLike = "paper", sigma_y: SigmaLike = "paper",
-                     squared: bool = True, num_classes: Optional[int] = None,
-                     dtype: torch.dtype = torch.float64, device: Optional[Union[str, torch.device]] = None,
-                     progress: bool = False, _with_value: bool = True, **params: Any) -> PermutationResult:
+                     kernel_y: str = "auto", sigma: SigmaLike = "paper", sigma_x: Optional[SigmaLike] = None,
+                     sigma_y: Optional[SigmaLike] = None, distance: str = "squared",
+                     num_classes: Optional[int] = None, dtype: torch.dtype = torch.float64,
+                     device: Optional[Union[str, torch.device]] = None, progress: bool = False,
+                     _with_value: bool = True, **params: Any) -> PermutationResult:
     """Value on (x, y), null distribution over ``n_permutations`` shufflings of y, and the p-value.
 
-    Kernel estimators: Grams built once (same kernel arguments as ``infoplane.dependence``).
-    Samples/neural estimators: re-run on ``(x, y[p])``.
+    Kernel estimators: Grams built once (same kernel arguments as ``infoplane.assess``: ``sigma``
+    for both sides unless ``sigma_x`` / ``sigma_y`` are given; ``distance`` 'squared' or
+    'euclidean'). Samples/neural estimators: re-run on ``(x, y[p])``. Unknown estimator parameters
+    raise ``TypeError``.
     """
+    from infoplane.estimators.protocol import DISTANCES, _check_choice
+
     spec = get_estimator(estimator)
     n = _check_n(n_permutations, "n_permutations")
+    squared = _check_choice(distance, DISTANCES, "distance") == "squared"
+    kw = check_estimator_params(spec, params)
     if spec.kind == "kernel":
-        K, L = pair_grams(x, y, kernel_x, kernel_y, sigma_x, sigma_y, squared, num_classes,
-                          dtype=dtype, device=device)
+        K, L = pair_grams(x, y, kernel_x, kernel_y, sigma if sigma_x is None else sigma_x,
+                          sigma if sigma_y is None else sigma_y, squared, num_classes, dtype=dtype, device=device)
         return permutation_test_grams(K, L, spec, n, seed, progress=progress, **params)
     m = check_paired(x, y)
-    kw = {**spec.defaults, **params}
     yt = as_tensor(y, dtype=None)
     value = float(spec.fn(x, y, **kw)) if _with_value else float("nan")
     vals = []
@@ -123,10 +130,11 @@ def permutation_test(x: ArrayLike, y: ArrayLike, estimator: Union[str, Estimator
 
 
 def null_baseline(x: ArrayLike, y: ArrayLike, estimator: Union[str, EstimatorSpec] = "nhsic",
-                  n_shuffles: int = 1, seed: int = 0, **kwargs: Any) -> float:
-    """Mean estimator value over ``n_shuffles`` random shufflings of y (the null level beside a value).
+                  n_permutations: int = 1, seed: int = 0, **kwargs: Any) -> float:
+    """Mean estimator value over ``n_permutations`` random shufflings of y (an empirical null level;
+    for nHSIC and HSIC ``infoplane.assess`` gives the exact one).
 
     ``kwargs`` as for ``permutation_test`` (kernels, bandwidths, estimator parameters).
     """
-    n = _check_n(n_shuffles, "n_shuffles")
+    n = _check_n(n_permutations, "n_permutations")
     return permutation_test(x, y, estimator, n, seed, _with_value=False, **kwargs).null_mean
