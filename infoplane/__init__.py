@@ -5,4 +5,4 @@ checkpoints (``infoplane.checkpoint``) -> activations (``infoplane.hooks``, ``in
 -> estimates (``infoplane.estimators``, ``infoplane.estimate``) -> figures (``infoplane.plot``).
 """
 __version__ = "0.1.0"
-from infoplane.estimators import dependence  # noqa: E402,F401
+from infoplane.estimators import DependenceResult, assess, dependence  # noqa: E402,F401

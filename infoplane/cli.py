@@ -59,16 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("estimate", help="estimate dependence of each layer on X and Y -> CSV")
     s.add_argument("store", help="activation store written by `infoplane extract`")
     s.add_argument("--estimator", default="nhsic", help="a name from `infoplane estimators` (default nhsic)")
-    s.add_argument("--batch-size", type=int, default=100, help="minibatch size m of the paper's protocol")
-    s.add_argument("--eps", type=float, default=1e-5, help="nHSIC regulariser (paper 1e-5)")
-    s.add_argument("--sigma", type=_sigma, default="paper", help="paper (5 sqrt(d)), median, or a number")
+    s.add_argument("--protocol", default="minibatch", choices=("minibatch", "full"),
+                   help="minibatch: mean over consecutive batches of --batch-size (the paper's protocol); "
+                        "full: all samples at once (default: minibatch)")
+    s.add_argument("--full", dest="protocol", action="store_const", const="full",
+                   help="shorthand for --protocol full")
+    s.add_argument("--batch-size", type=int, default=100,
+                   help="minibatch size m of the minibatch protocol (default: 100)")
+    s.add_argument("--eps", type=float, default=1e-5, help="nHSIC regulariser (default: 1e-5, the paper's)")
+    s.add_argument("--sigma", type=_sigma, default="paper",
+                   help="RBF bandwidth: paper (5 sqrt(d)), median, or a number (default: paper)")
     s.add_argument("--distance", default="squared", choices=("squared", "euclidean"),
-                   help="RBF exponent: squared distance (standard) or euclidean (published E2E-info code)")
-    s.add_argument("--baseline", dest="baseline", action="store_true", default=True,
-                   help="also estimate on shuffled Z (the null level; default)")
-    s.add_argument("--no-baseline", dest="baseline", action="store_false")
-    s.add_argument("--full", action="store_true", help="use all samples in one batch instead of minibatches")
-    s.add_argument("--tolerance", type=float, default=None, help="low-rank accuracy for --full nhsic (e.g. 1e-3)")
+                   help="distance in the RBF exponent: squared (standard) or euclidean (the published "
+                        "E2E-info code) (default: squared)")
+    s.add_argument("--baseline", dest="baseline", action="store_true", default=None,
+                   help="also estimate on shuffled Z (empirical null; default: only for estimators without an "
+                        "exact null)")
+    s.add_argument("--no-baseline", dest="baseline", action="store_false", help="never estimate the shuffled baseline")
+    s.add_argument("--tolerance", type=float, default=None,
+                   help="full-sample nHSIC: low-rank factorisation whose error bound is at most this fraction of "
+                        "the value, e.g. 1e-3 (default: exact)")
     s.add_argument("--layers", default=None, help="comma list of stored layers (default all)")
     s.add_argument("--checkpoints", default=None, help="comma list of checkpoint ids (default all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the baseline shuffle")
@@ -85,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--estimator", default=None, help="which estimator, if the tables hold several")
     pl.add_argument("--layers", default=None, help="comma list of layers (default all)")
     pl.add_argument("--no-baseline", action="store_true")
+    pl.add_argument("--adjusted", action="store_true",
+                    help="plot the chance-adjusted value (CSV column 'adjusted': 0 = chance, 1 = perfect "
+                         "alignment) instead of the raw one; needs a table from the current `infoplane estimate`")
     pl.add_argument("--title", default=None)
 
     i = sub.add_parser("info", help="summarise a checkpoint or an activation store")
@@ -136,11 +149,10 @@ def _cmd_extract(a) -> int:
 def _cmd_estimate(a) -> int:
     from infoplane.estimate import EstimateConfig, estimate_store, write_csv_atomic
 
-    cfg = EstimateConfig(estimator=a.estimator, batch_size=a.batch_size, eps=a.eps, sigma=a.sigma,
-                         full=a.full, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
+    cfg = EstimateConfig(estimator=a.estimator, protocol=a.protocol, batch_size=a.batch_size, eps=a.eps,
+                         sigma=a.sigma, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
                          device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
-                         squared=a.distance == "squared", progress=not a.no_progress,
-                         num_threads=a.threads)
+                         distance=a.distance, progress=not a.no_progress, num_threads=a.threads)
     df = estimate_store(a.store, cfg)
     out = write_csv_atomic(df, a.out)
     print(f"wrote {out}: {len(df)} rows ({df['checkpoint'].nunique()} checkpoints x "
@@ -154,9 +166,9 @@ def _cmd_plot(a) -> int:
     df = load_estimates(a.csv)
     layers = _names(a.layers)
     plane = plot_information_plane(df, a.out, estimator=a.estimator, layers=layers,
-                                   baseline=not a.no_baseline, title=a.title)
+                                   baseline=not a.no_baseline, title=a.title, adjusted=a.adjusted)
     curves = plot_layer_curves(df, a.curves or curves_path(a.out), estimator=a.estimator, layers=layers,
-                               baseline=not a.no_baseline)
+                               baseline=not a.no_baseline, adjusted=a.adjusted)
     print(f"wrote {plane}\nwrote {curves}")
     return 0
 

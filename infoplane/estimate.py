@@ -1,22 +1,24 @@
-"""Run a dependence estimator over an activation store -> a tidy table (ARCHITECTURE.md).
+"""Run a dependence estimator over an activation store -> a tidy table (docs/formats_store.md).
 
-For every complete checkpoint and stored layer Z, two targets are estimated:
-``x`` (the stored inputs X, RBF kernel) and ``y`` (the labels, linear kernel on one-hot vectors;
-seed 000 appendix F.1.2). The default is the paper's minibatch protocol (F.1.2: "this study
-derives the estimator by averaging values based on minibatches"): the fixed evaluation set of the
-store is cut, in stored order, into ``n_batches = N // batch_size`` batches of exactly
-``batch_size`` samples (the remainder is left out so every value uses the same m); ``value`` is
-the mean over batches and ``std`` their standard deviation. ``full=True`` uses all N samples in
-one batch. ``baseline`` is the same estimator after shuffling Z's rows with a seeded permutation
-(the null level: nHSIC of independent samples is far from 0 at small m, see ESTIMATORS.md).
+For every complete checkpoint and stored layer Z, two targets are estimated: ``x`` (the stored
+inputs X, RBF kernel) and ``y`` (the labels, linear kernel on one-hot vectors), as in Sakamoto &
+Sato (2024), app. F.1.2. Protocol "minibatch" (their protocol, the default): the fixed evaluation
+set of the store is cut, in stored order, into ``n_batches = N // batch_size`` batches of exactly
+``batch_size`` samples (the remainder is left out, and logged, so every value uses the same m);
+``value`` is the mean over batches and ``std`` their standard deviation. Protocol "full": all N
+samples in one batch (exact, or low rank within ``tolerance``).
 
-Estimator kinds (``infoplane.estimators`` registry): ``kernel`` estimators get Gram matrices
-``fn(K_z, K_target, **params)``; ``samples`` estimators get raw minibatches ``fn(z, t)``;
-``neural`` estimators get all samples at once ``fn(z, t)``.
+Every kernel value carries its exact chance level (``infoplane.estimators.chance``):
+``null_mean``, ``null_sd``, ``z``, ``p_value``, ``adjusted``. ``baseline`` (optional) is the same
+estimator after shuffling Z's rows with a seeded permutation: an empirical null level, and the only
+one for estimators without an analytic null.
+
+All values come from the engine that ``infoplane.assess`` uses (``infoplane.estimators.protocol``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -31,54 +33,74 @@ import torch
 from infoplane.store import ActivationStore
 
 PathLike = Union[str, Path]
+log = logging.getLogger(__name__)
 
 COLUMNS = ["run", "regime", "model", "dataset", "checkpoint", "epoch", "layer", "layer_index",
-           "estimator", "target", "value", "baseline", "n_samples", "batch_size", "n_batches", "std",
-           "baseline_std", "seconds", "eps", "sigma_rule", "distance", "seed", "store"]
+           "estimator", "target", "value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted",
+           "max_value", "baseline", "baseline_std", "error_bound", "rank_z", "rank_target", "protocol",
+           "n_samples", "batch_size", "n_batches", "seconds", "eps", "sigma_rule", "distance", "seed",
+           "store"]
 
 #: Above this many bytes a layer is read batch by batch instead of at once.
 _READ_ALL_BYTES = 512 * 1024 * 1024
 
+PROTOCOLS = ("minibatch", "full")
+
 
 @dataclass
 class EstimateConfig:
-    """How to estimate (defaults: seed 000 appendix F.1.2 and the authors' evaluation protocol).
+    """How to estimate (defaults: the minibatch protocol of Sakamoto & Sato 2024, app. F.1.2).
 
     estimator: a registered name (``infoplane estimators`` lists them).
-    batch_size: m of the minibatch protocol (100). eps: nHSIC regulariser (1e-5).
-    sigma: RBF bandwidth rule, "paper" (5 sqrt(d)), "median", or a positive number.
-    full: one batch of all samples instead of minibatches. tolerance: accuracy of the low-rank
-    nHSIC (``infoplane.estimators.fast``; None = exact). baseline: also estimate on shuffled Z.
-    seed: the shuffle's seed. device: torch device for the Gram matrices. layers / checkpoints:
-    restrict to these names (None = all). squared: squared distance in the RBF exponent (standard);
-    False reproduces the published E2E-info code. progress: show a progress bar.
-    num_threads: CPU threads for torch while estimating; None = 1 for the minibatch protocol
-    (its 100 x 100 matrices gain nothing from threads, and oversubscribed threads were measured
-    20x slower on a busy 2-core machine) and torch's setting for ``full``.
+    protocol: "minibatch" (consecutive batches of ``batch_size``, the value is their mean) or
+    "full" (all samples at once). batch_size: m of the minibatch protocol (100). eps: nHSIC
+    regulariser (1e-5). sigma: RBF bandwidth rule, "paper" (5 sqrt(d)), "median", or a positive
+    number. tolerance: full-sample nHSIC only, the relative error bound of the low-rank value
+    (None = exact). baseline: also estimate on shuffled Z (an empirical null level); None = only
+    for estimators without an exact null (nHSIC and HSIC have ``null_mean``/``null_sd``).
+    seed: the shuffle's seed. device: torch device. layers / checkpoints: restrict to these names
+    (None = all). distance: "squared" (standard RBF) or "euclidean" (non-squared distance, as the
+    published E2E-info code). progress: show a progress bar. num_threads: CPU threads for torch
+    while estimating; None = 1 for the minibatch protocol (its 100 x 100 matrices gain nothing from
+    threads, and oversubscribed threads were measured 20x slower on a busy 2-core machine) and
+    torch's setting for ``full``.
     """
 
     estimator: str = "nhsic"
+    protocol: str = "minibatch"
     batch_size: int = 100
     eps: float = 1e-5
     sigma: Union[str, float] = "paper"
-    full: bool = False
     tolerance: Optional[float] = None
-    baseline: bool = True
+    baseline: Optional[bool] = None
     seed: int = 0
     device: str = "cpu"
     layers: Optional[Sequence[str]] = None
     checkpoints: Optional[Sequence[str]] = None
-    squared: bool = True
+    distance: str = "squared"
     progress: bool = True
     num_threads: Optional[int] = None
 
+    @property
+    def full(self) -> bool:
+        return self.protocol == "full"
+
+    @property
+    def squared(self) -> bool:
+        return self.distance == "squared"
+
     def validate(self) -> None:
-        if int(self.batch_size) < 2:
-            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.distance not in ("squared", "euclidean"):
+            raise ValueError(f"distance must be 'squared' or 'euclidean', got {self.distance!r}")
+        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or int(self.batch_size) < 4:
+            raise ValueError(f"batch_size must be an integer >= 4, got {self.batch_size}")
         if not float(self.eps) > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.tolerance is not None and not float(self.tolerance) > 0:
-            raise ValueError(f"tolerance must be > 0 (or None for exact), got {self.tolerance}")
+        if self.tolerance is not None and not 0 < float(self.tolerance) < 1:
+            raise ValueError(f"tolerance must be in (0, 1) (relative error of the value), or None for exact; "
+                             f"got {self.tolerance}")
         if isinstance(self.sigma, str):
             if self.sigma not in ("paper", "median"):
                 try:
@@ -90,26 +112,17 @@ class EstimateConfig:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
 
 
-def _fast_api():
-    """``(fast, batched)`` modules of ``infoplane.estimators`` when they provide the factored /
-    vectorised nHSIC (``CenteredFactor``, ``factorize``, ``nhsic_factored``, ``nhsic_minibatches``),
-    else None (then the registry's plain ``nhsic`` is called batch by batch)."""
-    try:
-        from infoplane.estimators import batched, fast
-    except ImportError:
-        return None
-    ok = all(hasattr(fast, n) for n in ("CenteredFactor", "factorize", "nhsic_factored")) and \
-        hasattr(batched, "nhsic_minibatches")
-    return (fast, batched) if ok else None
-
-
 def write_csv_atomic(df: pd.DataFrame, path: PathLike) -> Path:
     """Write ``df`` to ``path`` via ``path.partial`` + ``os.replace`` (never a half-written CSV)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
@@ -129,129 +142,106 @@ class _LayerReader:
         return self._store.read(self._ckpt, self._layer, rows=idx)
 
 
-def _to_float(v: Any) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.detach().cpu().double().item())
-    if isinstance(v, dict):
-        for key in ("value", "estimate", "mi"):
-            if key in v:
-                return _to_float(v[key])
-        raise ValueError(f"estimator returned a dict without a 'value' entry: {sorted(v)}")
-    return float(v)
-
-
 class _NotApplicable(Exception):
     """The estimator does not measure this target (e.g. a label-only estimator and X)."""
 
 
 class _Runner:
-    """Evaluates one estimator on (Z, target) over the batch plan, caching target-side work.
+    """Evaluates one estimator on (Z, target) with the engine of ``infoplane.estimators.protocol``.
 
-    nHSIC goes through the vectorised minibatch code (``estimators.batched``) or, with ``full``,
-    the factored full-sample code (``estimators.fast``) with the target's factor computed once per
-    store. Other kernel estimators get Gram matrices per batch (target Grams cached).
+    nHSIC caches the target side per store (the minibatch resolvents of X and Y, or their
+    full-sample factors), so each layer costs one Z-side factorisation. Every other estimator goes
+    through ``infoplane.estimators.assess`` on the arrays, exactly as a notebook call would.
     """
 
     def __init__(self, store: ActivationStore, cfg: EstimateConfig) -> None:
-        from infoplane import kernels
         from infoplane.estimators import get_estimator
+        from infoplane.estimators.protocol import check_estimator_params
 
-        self.k = kernels
         self.cfg = cfg
         self.spec = get_estimator(cfg.estimator)
         self.kind = self.spec.kind
         self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {cfg.device}: CUDA was requested but is not available; use --device cpu")
         n = store.n_samples
-        m = n if cfg.full or self.kind == "neural" else min(int(cfg.batch_size), n)
+        self.protocol = "full" if (cfg.full or self.kind == "neural") else "minibatch"
+        m = n if self.protocol == "full" else int(cfg.batch_size)
+        if m > n:
+            raise ValueError(f"--batch-size {m} is larger than the {n} samples in the store; pass a smaller "
+                             "--batch-size or --protocol full")
         self.m = m
         self.n_batches = n // m
         self.used = self.n_batches * m
-        self.batches = [np.arange(b * m, (b + 1) * m) for b in range(self.n_batches)]
+        if n > self.used:
+            log.warning("minibatch protocol: %d of %d samples left out (%d batches of %d; every value uses the "
+                        "same m).", n - self.used, n, self.n_batches, m)
         self.perm = np.random.default_rng(int(cfg.seed)).permutation(n)
         self.inputs = store.inputs()
         self.labels = store.labels()
         nc = (store.dataset or {}).get("num_classes")
         self.num_classes = int(nc) if nc else int(self.labels.max()) + 1
-        self.params: Dict[str, Any] = dict(self.spec.defaults)
-        if "eps" in self.params or self.spec.name == "nhsic":
-            self.params["eps"] = float(cfg.eps)
+        params: Dict[str, Any] = {}
+        if "eps" in self.spec.defaults or self.spec.name == "nhsic":
+            params["eps"] = float(cfg.eps)
         if self.kind == "neural":  # trained estimators: the run's seed, device and progress setting
-            self.params.update(seed=int(cfg.seed), device=str(cfg.device), progress=bool(cfg.progress))
-        self.extras: Dict[str, float] = {}
-        self.fast = _fast_api() if self.spec.name == "nhsic" else None
-        if cfg.tolerance is not None and not (self.fast is not None and cfg.full):
-            raise ValueError("--tolerance applies to full-sample nHSIC (--full --estimator nhsic) only")
+            params.update(seed=int(cfg.seed), progress=bool(cfg.progress))
+        self.params = check_estimator_params(self.spec, params) if self.kind != "neural" else params
+        self.fast = self.spec.name == "nhsic"
+        if cfg.tolerance is not None and not (self.fast and cfg.full):
+            raise ValueError("--tolerance applies to full-sample nHSIC (--protocol full --estimator nhsic) only")
         self._cache: Dict[tuple, Any] = {}
 
-    def _rbf(self, a: np.ndarray) -> torch.Tensor:
-        return self.k.rbf_gram(torch.as_tensor(a), sigma=self.cfg.sigma, squared=self.cfg.squared,
-                               device=self.device)
+    @property
+    def eps(self) -> float:
+        return float(self.params.get("eps", math.nan))
 
-    def _target_gram(self, target: str, b: int) -> torch.Tensor:
-        key = ("gram", target, b)
+    def _target_data(self, target: str) -> np.ndarray:
+        return self.inputs[: self.used] if target == "x" else self.labels[: self.used]
+
+    def _target_side(self, target: str):
+        """Minibatch side or full-sample factor of X (RBF) or Y (one-hot, linear), once per store."""
+        key = ("side", target)
         if key not in self._cache:
-            rows = self.batches[b]
-            if target == "x":
-                g = self._rbf(self.inputs[rows])
+            from infoplane.estimators import batched, fast
+
+            kern = "rbf" if target == "x" else "label"
+            if self.protocol == "minibatch":
+                side = batched.prepare_minibatch_side(
+                    self._target_data(target), kernel=kern, batch_size=self.m, eps=self.eps, sigma=self.cfg.sigma,
+                    squared=self.cfg.squared, device=self.device, num_classes=self.num_classes)
             else:
-                g = self.k.label_gram(torch.as_tensor(self.labels[rows]), num_classes=self.num_classes,
-                                      device=self.device)
-            self._cache[key] = g
+                side = fast.factorize(self._target_data(target), kernel=kern, sigma=self.cfg.sigma,
+                                      squared=self.cfg.squared, device=self.device, num_classes=self.num_classes,
+                                      tolerance=self.cfg.tolerance if target == "x" else None)
+            self._cache[key] = side
         return self._cache[key]
 
-    def _target_raw(self, target: str, rows: np.ndarray) -> np.ndarray:
-        return self.inputs[rows] if target == "x" else self.labels[rows]
+    def result(self, reader: _LayerReader, target: str, shuffled: bool):
+        """DependenceResult of the estimator on (Z rows, target rows) (Z rows permuted if shuffled)."""
+        from infoplane.estimators import assess, batched, fast, protocol
 
-    def _target_factor(self, target: str):
-        """Full-sample factor of X (RBF) or Y (one-hot, linear), computed once per store."""
-        key = ("factor", target)
-        if key not in self._cache:
-            fast = self.fast[0]
-            if target == "x":
-                f = fast.factorize(self.inputs[: self.used], kernel="rbf", sigma=self.cfg.sigma,
-                                   squared=self.cfg.squared, tolerance=self.cfg.tolerance, device=self.device)
-            else:
-                f = fast.factorize(self.labels[: self.used], kernel="label", num_classes=self.num_classes,
-                                   device=self.device)
-            self._cache[key] = f
-        return self._cache[key]
-
-    def values(self, reader: _LayerReader, target: str, shuffled: bool) -> List[float]:
-        """Per-batch values of the estimator on (Z rows, target rows) (Z rows permuted if shuffled)."""
         zidx = self.perm[: self.used] if shuffled else np.arange(self.used)
-        if self.fast is not None:
-            fast, batched = self.fast
-            z = reader.rows(zidx)
-            if self.cfg.full:
-                fz = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
-                                    tolerance=self.cfg.tolerance, device=self.device)
-                v, _err = fast.nhsic_factored(fz, self._target_factor(target), eps=float(self.cfg.eps))
-                return [float(v)]
-            other = self.inputs[: self.used] if target == "x" else self.labels[: self.used]
-            vals = batched.nhsic_minibatches(z, other, kernel_other="rbf" if target == "x" else "label",
-                                             batch_size=self.m, eps=float(self.cfg.eps), sigma=self.cfg.sigma,
-                                             squared=self.cfg.squared, device=self.device,
-                                             num_classes=self.num_classes)
-            return [float(v) for v in vals]
-        out = []
-        for b, rows in enumerate(self.batches):
-            z = reader.rows(zidx[rows])
-            if self.kind == "kernel":
-                v = self.spec.fn(self._rbf(z), self._target_gram(target, b), **self.params)
-            else:
-                try:
-                    v = self.spec.fn(z, self._target_raw(target, rows), **self.params)
-                except ValueError:
-                    if target == "x" and b == 0:
-                        raise _NotApplicable() from None
-                    raise
-            out.append(_to_float(v))
-            if isinstance(v, dict):  # secondary outputs (held-out accuracy, BCE, ...) become columns
-                self.extras = {k: float(x) for k, x in v.items()
-                               if k != "value" and isinstance(x, (int, float)) and not isinstance(x, bool)}
-        if self.kind != "kernel" and all(math.isnan(v) for v in out):
-            raise _NotApplicable()
-        return out
+        z = reader.rows(zidx)
+        if self.fast:
+            if self.protocol == "minibatch":
+                zs = batched.prepare_minibatch_side(z, kernel="rbf", batch_size=self.m, eps=self.eps,
+                                                    sigma=self.cfg.sigma, squared=self.cfg.squared, device=self.device)
+                return protocol.nhsic_minibatch_result(zs, self._target_side(target))
+            fz = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
+                                tolerance=self.cfg.tolerance, device=self.device)
+            return protocol.nhsic_factor_result(fz, self._target_side(target), self.eps,
+                                                tolerance=self.cfg.tolerance)
+        t = self._target_data(target)
+        try:
+            return assess(z, t, self.spec, protocol=self.protocol, batch_size=self.m, sigma=self.cfg.sigma,
+                          kernel_x="rbf", kernel_y="rbf" if target == "x" else "label",
+                          distance=self.cfg.distance, num_classes=self.num_classes, device=self.device,
+                          **self.params)
+        except ValueError:
+            if target == "x" and self.kind != "kernel" and not shuffled:
+                raise _NotApplicable() from None
+            raise
 
 
 def _regime_name(regime: Any) -> str:
@@ -267,7 +257,7 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
     """
     cfg = config or EstimateConfig()
     cfg.validate()
-    threads = cfg.num_threads if cfg.num_threads is not None else (None if cfg.full else 1)
+    threads = cfg.num_threads if cfg.num_threads is not None else (None if cfg.protocol == "full" else 1)
     saved = torch.get_num_threads()
     if threads is not None:
         if int(threads) < 1:
@@ -310,6 +300,7 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
                     jobs.append((c, name, i))
         rows: List[Dict[str, Any]] = []
         attrs_cache: Dict[str, Dict[str, Any]] = {}
+        baseline = cfg.baseline if cfg.baseline is not None else runner.spec.null_prepare is None and not runner.fast
         bar = tqdm(jobs, desc=f"estimate {cfg.estimator}", unit="layer",
                    disable=None if cfg.progress else True)
         for c, name, i in bar:
@@ -317,27 +308,23 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
             reader = _LayerReader(store, c, name)
             for target in ("x", "y"):
                 t0 = time.perf_counter()
-                runner.extras = {}
                 try:
-                    vals = runner.values(reader, target, shuffled=False)
+                    res = runner.result(reader, target, shuffled=False)
                 except _NotApplicable:
                     continue  # e.g. a label-only estimator and target x: no row
-                extras = dict(runner.extras)
-                base = runner.values(reader, target, shuffled=True) if cfg.baseline else []
+                base = runner.result(reader, target, shuffled=True) if baseline else None
                 seconds = time.perf_counter() - t0
+                d = res.to_dict()
+                d.pop("estimator")
+                d.pop("protocol")
                 rows.append({
                     "run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")), "model": model,
                     "dataset": dataset, "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name,
-                    "layer_index": i, "estimator": cfg.estimator, "target": target,
-                    "value": float(np.mean(vals)),
-                    "baseline": float(np.mean(base)) if base else math.nan,
-                    "n_samples": runner.used, "batch_size": runner.m,
-                    "n_batches": runner.n_batches,
-                    "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan,
-                    "baseline_std": float(np.std(base, ddof=1)) if len(base) > 1 else math.nan,
-                    "seconds": seconds, "eps": float(runner.params["eps"]) if "eps" in runner.params else math.nan,
-                    "sigma_rule": sigma_rule, "distance": "squared" if cfg.squared else "euclidean",
-                    "seed": int(cfg.seed), "store": str(path), **extras})
+                    "layer_index": i, "estimator": cfg.estimator, "target": target, **d,
+                    "baseline": base.value if base is not None else math.nan,
+                    "baseline_std": base.std if base is not None else math.nan,
+                    "protocol": runner.protocol, "seconds": seconds, "eps": runner.eps,
+                    "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path)})
     extra_cols = sorted({k for r in rows for k in r} - set(COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS + extra_cols)
 

@@ -47,7 +47,7 @@ def _row(df, layer, target, ckpt="epoch_0000"):
 
 def test_minibatch_protocol_matches_manual_nhsic(store):
     path, x, y, layers = store
-    df = estimate_store(path, EstimateConfig(progress=False))
+    df = estimate_store(path, EstimateConfig(progress=False, baseline=True))
     assert list(df.columns) == COLUMNS and len(df) == 2 * 3 * 2
     r = _row(df, "informative", "y")
     assert r.n_batches == 2 and r.batch_size == 100 and r.n_samples == 200     # remainder 50 left out
@@ -62,26 +62,37 @@ def test_minibatch_protocol_matches_manual_nhsic(store):
     noise = _row(df, "noise", "y")
     assert noise.value < 0.5 * r.value and abs(noise.value - noise.baseline) < 0.3 * noise.baseline + 0.05
     assert _row(df, "copy", "x").value > 1.5 * _row(df, "copy", "x").baseline
+    # the exact chance level agrees with the shuffled baseline, and reads the same way
+    assert abs(noise.null_mean - noise.baseline) < 4 * noise.null_sd * np.sqrt(2) + 0.05
+    assert abs(noise.z) < 4 and r.z > 10 and noise.adjusted < 0.1 < r.adjusted <= 1
     assert list(df[df.checkpoint == "epoch_0000"].drop_duplicates("layer").layer_index) == [1, 2, 3]
 
 
-def test_fast_path_equals_registry_path(store, monkeypatch):
-    path = store[0]
-    fast = estimate_store(path, EstimateConfig(progress=False, checkpoints=["epoch_0001"]))
-    monkeypatch.setattr(est, "_fast_api", lambda: None)
-    plain = estimate_store(path, EstimateConfig(progress=False, checkpoints=["epoch_0001"]))
-    np.testing.assert_allclose(fast.value, plain.value, rtol=1e-6)
-    np.testing.assert_allclose(fast.baseline, plain.baseline, rtol=1e-6)
+def test_store_values_equal_the_library_engine(store):
+    """One engine: the CSV row equals infoplane.assess on the same arrays and options."""
+    import infoplane
+
+    path, x, y, layers = store
+    for protocol in ("minibatch", "full"):
+        df = estimate_store(path, EstimateConfig(progress=False, protocol=protocol, checkpoints=["epoch_0000"],
+                                                 eps=1e-3, sigma="median"))
+        n = 200 if protocol == "minibatch" else N
+        for target, other in (("x", x[:n]), ("y", y[:n])):
+            r = _row(df, "informative", target)
+            lib = infoplane.assess(layers["informative"][:n], other, protocol=protocol, batch_size=100, eps=1e-3,
+                                   sigma="median", kernel_y="rbf" if target == "x" else "label")
+            for col in ("value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted", "max_value"):
+                np.testing.assert_allclose(r[col], getattr(lib, col), rtol=1e-9, equal_nan=True, err_msg=col)
 
 
 def test_full_sample_and_low_rank(store):
     path, x, y, layers = store
-    exact = estimate_store(path, EstimateConfig(full=True, baseline=False, layers=["copy"], progress=False))
+    exact = estimate_store(path, EstimateConfig(protocol="full", baseline=False, layers=["copy"], progress=False))
     r = _row(exact, "copy", "x")
     assert r.n_batches == 1 and r.n_samples == N and np.isnan(r["std"]) and np.isnan(r.baseline)
     ref = float(get_estimator("nhsic").fn(rbf_gram(x), rbf_gram(x), eps=1e-5))
     assert r.value == pytest.approx(ref, rel=1e-6)
-    low = estimate_store(path, EstimateConfig(full=True, tolerance=1e-6, baseline=False, layers=["copy"],
+    low = estimate_store(path, EstimateConfig(protocol="full", tolerance=1e-6, baseline=False, layers=["copy"],
                                               progress=False))
     assert _row(low, "copy", "x").value == pytest.approx(ref, rel=2e-2)
 

@@ -210,6 +210,8 @@ def assess(x: Any, y: Any, estimator: Union[str, EstimatorSpec] = "nhsic", *, pr
     if tolerance is not None and not (spec.name == "nhsic" and protocol == "full"):
         raise ValueError("tolerance applies to full-sample nHSIC only (estimator='nhsic', protocol='full').")
     if spec.kind != "kernel":
+        if device is not None and "device" in inspect.signature(spec.fn).parameters and "device" not in kw:
+            kw["device"] = str(dev)
         if protocol == "minibatch" and spec.kind == "samples":
             b = _check_batch_size(batch_size, n)
             vals = [_to_float(spec.fn(_rows(x, sl), _rows(y, sl), **kw)) for sl in _slices(n, b)]
