@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from benchmarks.groundtruth import (GaussianTask, LabelTask, bivariate_task, dense_task,
                                     two_pair_task)
 from infoplane.estimators import hsic_unbiased
+from infoplane.estimators.chance import SpectralSummary, chance_level, summarize
 from infoplane.kernels import center, label_gram, rbf_gram
 
 Task = Union[GaussianTask, LabelTask]
@@ -101,27 +102,49 @@ def run_unit(task: Task, m: int, seed: int, rule: str, eps: Sequence[float]) -> 
     A, B = lam / (lam + e), mu / (mu + e)
     nh = ((A @ W) * B).sum(1).tolist()
     nh0 = ((A @ Wp) * B).sum(1).tolist()
+    # exact permutation-null moments and the von Neumann bound, per eps (infoplane.estimators.chance)
+    chances = [chance_level(np.asarray([v]), _summary(lam, U, a), _summary(mu, V, b))
+               for v, a, b in zip(nh, A, B)]
     Kc = center(K)
     hb = float((Kc * L).sum()) / (m - 1) ** 2
+    hch = chance_level(np.asarray([hb]), summarize(Kc), summarize(center(L)), 1.0 / (m - 1) ** 2)
     hb0 = float((Kc * Lp).sum()) / (m - 1) ** 2
     hu, hu0 = float(hsic_unbiased(K, L)), float(hsic_unbiased(K, Lp))
     secs = time.perf_counter() - t0
     chi2, mi, hsic_true = truths(task, sx, sy)
     base = {"task": task.name, "kind": "labels" if isinstance(task, LabelTask) else "gaussian", "d": d,
             "m": m, "seed": seed, "sigma_rule": rule, "sigma": sx, "truth_mi": mi, "seconds": secs}
-    rows = [{**base, "estimator": "nhsic", "eps": ev, "value": v, "baseline": b, "truth": chi2}
-            for ev, v, b in zip(eps, nh, nh0)]
-    rows.append({**base, "estimator": "hsic", "eps": np.nan, "value": hb, "baseline": hb0, "truth": hsic_true})
+    rows = [{**base, "estimator": "nhsic", "eps": ev, "value": v, "baseline": b, "truth": chi2, **_chance_cols(c)}
+            for ev, v, b, c in zip(eps, nh, nh0, chances)]
+    rows.append({**base, "estimator": "hsic", "eps": np.nan, "value": hb, "baseline": hb0, "truth": hsic_true,
+                 **_chance_cols(hch)})
     rows.append({**base, "estimator": "hsic-unbiased", "eps": np.nan, "value": hu, "baseline": hu0,
                  "truth": hsic_true})
     return rows
 
 
+def _summary(lam: torch.Tensor, U: torch.Tensor, w: torch.Tensor) -> SpectralSummary:
+    """Summary of ``R = U diag(w) U^T`` (w = lam / (lam + eps m)) for the null moments."""
+    diag = (U * U) @ w
+    return SpectralSummary(trace=w.sum()[None], trace_sq=(w * w).sum()[None], diag_sq=(diag * diag).sum()[None],
+                           eigenvalues=torch.sort(w, descending=True).values[None], m=int(U.shape[0]))
+
+
+def _chance_cols(c) -> Dict[str, float]:
+    return {"null_mean": c.null_mean, "null_sd": c.null_sd, "z": c.z, "adjusted": c.adjusted}
+
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     keys = ["task", "kind", "d", "sigma_rule", "estimator", "eps", "m"]
     g = df.groupby(keys, dropna=False)
+    extra = {}
+    if "null_mean" in df:
+        extra = dict(null_mean=("null_mean", "mean"), null_sd=("null_sd", "mean"), z=("z", "mean"),
+                     adjusted=("adjusted", "mean"), adjusted_sd=("adjusted", "std"))
     s = g.agg(mean=("value", "mean"), sd=("value", "std"), baseline=("baseline", "mean"),
-              truth=("truth", "first"), seconds=("seconds", "mean"), n=("value", "size")).reset_index()
+              truth=("truth", "first"), seconds=("seconds", "mean"), n=("value", "size"), **extra).reset_index()
+    if "null_mean" in s:
+        s["excess_over_chance_ratio"] = (s["mean"] - s["null_mean"]) / s["truth"]
     s["ratio"] = s["mean"] / s["truth"]
     s["log_ratio"] = np.log(s["ratio"].where(s["ratio"] > 0))
     s["excess_over_null"] = s["mean"] - s["baseline"]
@@ -197,6 +220,27 @@ def write_markdown(s: pd.DataFrame, cfg: BenchConfig, total_s: float, path: Path
         for _, r in t.iterrows():
             lines.append(f"| {rule} | {task} | {r['eps']:g} | {r['mean']:.3f} ± {r['sd']:.3f} | "
                          f"{r['baseline']:.3f} | {r['excess_over_null']:.3f} | {r['truth']:.3f} |")
+    if "z" in nh:
+        lines += ["", f"## Read against its exact chance level (m = {mmax}, means over seeds)", "",
+                  "`chance` = exact permutation-null mean, `z` = (estimate - chance) / null sd, `adjusted` = "
+                  "(estimate - chance) / (max - chance), `(est - chance) / truth`: the part of the estimate above "
+                  "chance, as a fraction of the chi2-MI.", "",
+                  "| sigma rule | task | eps | estimate / truth | chance | z | adjusted (sd) | (est - chance) / truth |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (rule, task), t in nh[nh.m == mmax].groupby(["sigma_rule", "task"], sort=False):
+            for _, r in t.iterrows():
+                lines.append(f"| {rule} | {task} | {r['eps']:g} | {r['ratio']:.2f} | {r['null_mean']:.3g} | "
+                             f"{r['z']:.1f} | {r['adjusted']:.3f} ({r['adjusted_sd']:.3f}) | "
+                             f"{r['excess_over_chance_ratio']:.2f} |")
+        lines += ["", "### z by m (paper bandwidth, eps = 1e-5): does the value leave chance as m grows?", "",
+                  "| task | " + " | ".join(f"m={int(v)}" for v in sorted(nh.m.unique())) + " |",
+                  "|---|" + "---|" * nh.m.nunique()]
+        sub = nh[(nh.sigma_rule == "paper") & np.isclose(nh.eps, 1e-5)]
+        for task, t in sub.groupby("task", sort=False):
+            t = t.sort_values("m")
+            lines.append(f"| {task} | " + " | ".join(f"{z:.1f} / {a:.2f}" for z, a in zip(t.z, t.adjusted)) + " |")
+        lines.append("")
+        lines.append("(cells: z / adjusted)")
     hs = s[(s.estimator != "nhsic") & (s.m == mmax)]
     lines += ["", f"## HSIC vs its closed form (m = {mmax})", "",
               "| sigma rule | task | estimator | estimate | sd | truth | rel. error | null |", "|---|---|---|---|---|---|---|---|"]
