@@ -7,6 +7,16 @@ joined in epoch order; the shuffled-pairs baseline (same estimator, Z's rows shu
 ``plot_layer_curves``: value against epoch per layer (one row per target), baseline dotted.
 Axis labels use the estimator's name (``nHSIC(X;Z)``), not I(.;.), because nHSIC is not a
 mutual information (ESTIMATORS.md).
+
+Chance level. Where the table has the permutation-null columns ``null_mean`` and ``null_sd``
+(kernel estimators, current ``infoplane estimate``), the chance band null_mean ± 2 null_sd is
+shaded: on the plane a light grey vertical (X) and horizontal (Y) strip spanning the band's range
+over the epochs of each series; on the curves a hatched band per layer over epochs. Values inside
+the band are not distinguishable from independence. Older tables and estimators without an
+analytic null have no band (only the shuffled baseline, an empirical check of null_mean).
+``adjusted=True`` plots the CSV column ``adjusted`` = (value - null_mean) / (max_value - null_mean)
+instead (0 = chance, 1 = perfect alignment; comparable across layers, m and eps), with a
+reference line at 0 and the band ± 2 null_sd / (max_value - null_mean).
 """
 from __future__ import annotations
 
@@ -23,6 +33,8 @@ _DISPLAY = {"nhsic": "nHSIC", "hsic-biased": "HSIC", "hsic-unbiased": "HSIC$_u$"
 _REGIME_STYLE = {"e2e": ("Reds", "o"), "layerwise": ("viridis", "v")}
 _OTHER_STYLES = [("cool", "X"), ("Greens", "s"), ("plasma", "D"), ("Blues", "P"), ("autumn", "^")]
 REQUIRED = ("layer", "layer_index", "epoch", "target", "value", "estimator")
+CHANCE_Z = 2.0  # half-width of the shaded chance band, in null sd
+_BAND_GID = "chance-band"  # gid of every chance-band artist (tests look them up)
 
 
 def estimator_label(name: str) -> str:
@@ -93,6 +105,50 @@ def _wide(df: pd.DataFrame, col: str) -> pd.DataFrame:
     return w.sort_values(["series", "layer_index", "epoch"])
 
 
+def _num(df: pd.DataFrame, col: str) -> pd.Series:
+    if col not in df:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[col], errors="coerce").astype(float)
+
+
+def _require_adjusted(df: pd.DataFrame, estimator: str) -> None:
+    """Clear errors when a chance-adjusted plot is asked of a table that cannot give one."""
+    if "adjusted" not in df.columns:
+        raise ValueError("the chance-adjusted plot needs the CSV column 'adjusted', which this table lacks "
+                         "(written by an older `infoplane estimate`); re-run `infoplane estimate` on the "
+                         "store to add it, or plot the raw values without --adjusted")
+    a = _num(df, "adjusted")
+    if a.isna().all():
+        raise ValueError(f"the CSV column 'adjusted' is empty for estimator {estimator!r}: only kernel "
+                         "estimators (nhsic, hsic) have an analytic null; re-run `infoplane estimate` with one, "
+                         "or plot the raw values without --adjusted")
+    empty = [s for s, g in a.groupby(df["series"]) if g.isna().all()]
+    if empty:
+        raise ValueError(f"the CSV column 'adjusted' is empty for {', '.join(map(str, empty))} (older tables?); "
+                         "re-run `infoplane estimate` for those runs or plot without --adjusted")
+
+
+def _plot_columns(df: pd.DataFrame, adjusted: bool) -> pd.DataFrame:
+    """Add the plotted quantities: _v (value), _sd (minibatch sd), _b (shuffled baseline) and the
+    chance band _lo/_hi, all on the raw or on the chance-adjusted scale."""
+    d = df.copy()
+    nm, ns, std, base = _num(d, "null_mean"), _num(d, "null_sd"), _num(d, "std"), _num(d, "baseline")
+    ns = ns.where(ns >= 0)
+    if adjusted:
+        span = _num(d, "max_value") - nm
+        span = span.where(span > 0)
+        d["_v"], d["_sd"], d["_b"] = _num(d, "adjusted"), std / span, (base - nm) / span
+        d["_lo"], d["_hi"] = -CHANCE_Z * ns / span, CHANCE_Z * ns / span
+    else:
+        d["_v"], d["_sd"], d["_b"] = _num(d, "value"), std, base
+        d["_lo"], d["_hi"] = nm - CHANCE_Z * ns, nm + CHANCE_Z * ns
+    return d
+
+
+def _axis_label(lab: str, target: str, adjusted: bool) -> str:
+    return f"{'adjusted ' if adjusted else ''}{lab}({target.upper()};Z)"
+
+
 def _save(fig, out: PathLike) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,10 +180,14 @@ def _prepare(df: pd.DataFrame, estimator: Optional[str], layers: Optional[Sequen
 
 def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Optional[str] = None,
                            layers: Optional[Sequence[str]] = None, baseline: bool = True,
-                           ncols: int = 3, title: Optional[str] = None) -> Path:
+                           ncols: int = 3, title: Optional[str] = None, adjusted: bool = False,
+                           chance: bool = True) -> Path:
     """Information plane per layer (seed 000 Fig. 3/6): x = est(X;Z), y = est(Y;Z), colour = epoch.
 
-    df: the table of ``infoplane estimate`` (one or several runs/regimes). Returns ``out``.
+    df: the table of ``infoplane estimate`` (one or several runs/regimes). adjusted: plot the
+    chance-adjusted column ``adjusted`` (0 = chance; ValueError if the table lacks it). chance:
+    shade the chance band null_mean ± 2 null_sd where the table has those columns. baseline: draw
+    the shuffled-Z baseline (an empirical check of the null). Returns ``out``.
     """
     import matplotlib
 
@@ -137,9 +197,15 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
     from matplotlib.ticker import MaxNLocator
 
     df, estimator, layer_order = _prepare(df, estimator, layers)
+    if adjusted:
+        _require_adjusted(df, estimator)
+    df = _plot_columns(df, adjusted)
     lab = estimator_label(estimator)
-    vals = _wide(df, "value")
-    base = _wide(df, "baseline") if baseline and "baseline" in df and df["baseline"].notna().any() else None
+    vals = _wide(df, "_v")
+    base = _wide(df, "_b") if baseline and df["_b"].notna().any() else None
+    band = chance and df["_lo"].notna().any() and df["_hi"].notna().any()
+    lo, hi = (_wide(df, "_lo"), _wide(df, "_hi")) if band else (None, None)
+    band_labelled = False
     series = list(dict.fromkeys(vals["series"]))
     styles = _styles(series)
     emin, emax = float(df["epoch"].min()), float(df["epoch"].max())
@@ -153,6 +219,19 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
     mappables = {}
     for k, layer in enumerate(layer_order):
         ax = axes[k // ncols][k % ncols]
+        if band:  # chance band of each series: the range over epochs of null_mean +- 2 null_sd
+            for s in series:
+                lo_s = lo.loc[(lo["series"] == s) & (lo["layer"] == layer)]
+                hi_s = hi.loc[(hi["series"] == s) & (hi["layer"] == layer)]
+                for t, span in (("x", ax.axvspan), ("y", ax.axhspan)):
+                    a, b = np.nanmin(lo_s[t], initial=np.inf), np.nanmax(hi_s[t], initial=-np.inf)
+                    if np.isfinite(a) and np.isfinite(b):
+                        lbl = None if band_labelled else f"chance: null mean ± {CHANCE_Z:g} null sd"
+                        span(a, b, color="0.55", alpha=0.13, lw=0, zorder=0, label=lbl).set_gid(_BAND_GID)
+                        band_labelled = True
+        if adjusted:
+            ax.axvline(0, color="0.3", lw=0.8, zorder=0.5)
+            ax.axhline(0, color="0.3", lw=0.8, zorder=0.5)
         for s in series:
             cmap, marker = _truncated(styles[s][0]), styles[s][1]
             d = vals[(vals["series"] == s) & (vals["layer"] == layer)]
@@ -172,12 +251,17 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
                         label=f"shuffled baseline ({s})" if k == 0 else None)
         idx = int(df.loc[df["layer"] == layer, "layer_index"].min())
         ax.set_title(f"layer {idx}: {layer}", fontsize=10)
-        ax.set_xlabel(f"{lab}(X;Z)")
-        ax.set_ylabel(f"{lab}(Y;Z)")
+        ax.set_xlabel(_axis_label(lab, "x", adjusted))
+        ax.set_ylabel(_axis_label(lab, "y", adjusted))
         ax.grid(alpha=0.3)
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = [], []
+    for ax in axes.ravel():  # the band's label may sit on any panel
+        for h, lb in zip(*ax.get_legend_handles_labels()):
+            if lb not in labels:
+                handles.append(h)
+                labels.append(lb)
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), frameon=False)
     for s, sc in mappables.items():
@@ -193,16 +277,23 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
 
 
 def plot_layer_curves(df: pd.DataFrame, out: PathLike, *, estimator: Optional[str] = None,
-                      layers: Optional[Sequence[str]] = None, baseline: bool = True) -> Path:
+                      layers: Optional[Sequence[str]] = None, baseline: bool = True, adjusted: bool = False,
+                      chance: bool = True) -> Path:
     """Value against epoch for every layer: one row per target (X, Y), one column per series
-    (regime/run); shaded +-1 sd over minibatches; the baseline dotted."""
+    (regime/run); shaded +-1 sd over minibatches; the baseline dotted; hatched: the chance band
+    null_mean ± 2 null_sd (where the table has it). adjusted: the chance-adjusted value (0 = chance,
+    reference line at 0; ValueError if the table lacks the column)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     df, estimator, layer_order = _prepare(df, estimator, layers)
+    if adjusted:
+        _require_adjusted(df, estimator)
+    df = _plot_columns(df, adjusted)
     lab = estimator_label(estimator)
+    has_band = bool(chance and df["_lo"].notna().any())
     series = list(dict.fromkeys(df["series"]))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(layer_order), 1)))
     fig, axes = plt.subplots(2, len(series), figsize=(4.5 * len(series) + 2.0, 6.5), squeeze=False,
@@ -215,13 +306,18 @@ def plot_layer_curves(df: pd.DataFrame, out: PathLike, *, estimator: Optional[st
                 d = d.groupby("epoch", as_index=False).mean(numeric_only=True).sort_values("epoch")
                 if d.empty:
                     continue
-                ax.plot(d["epoch"], d["value"], "-o", ms=3, color=colors[li], label=layer)
-                if "std" in d and d["std"].notna().any():
-                    ax.fill_between(d["epoch"], d["value"] - d["std"], d["value"] + d["std"],
+                ax.plot(d["epoch"], d["_v"], "-o", ms=3, color=colors[li], label=layer)
+                if d["_sd"].notna().any():
+                    ax.fill_between(d["epoch"], d["_v"] - d["_sd"], d["_v"] + d["_sd"],
                                     color=colors[li], alpha=0.15, lw=0)
-                if baseline and "baseline" in d and d["baseline"].notna().any():
-                    ax.plot(d["epoch"], d["baseline"], ":", color=colors[li], lw=1)
-            ax.set_ylabel(f"{lab}({target.upper()};Z)")
+                if has_band and d["_lo"].notna().any():
+                    ax.fill_between(d["epoch"], d["_lo"], d["_hi"], facecolor="none", edgecolor=colors[li],
+                                    hatch="////", lw=0, alpha=0.45).set_gid(_BAND_GID)
+                if baseline and d["_b"].notna().any():
+                    ax.plot(d["epoch"], d["_b"], ":", color=colors[li], lw=1)
+            if adjusted:
+                ax.axhline(0, color="0.3", lw=0.8, zorder=0.5)
+            ax.set_ylabel(_axis_label(lab, target, adjusted))
             ax.grid(alpha=0.3)
             if i == 0:
                 ax.set_title(s)
@@ -229,8 +325,11 @@ def plot_layer_curves(df: pd.DataFrame, out: PathLike, *, estimator: Optional[st
                 ax.set_xlabel("epoch")
     h, l = axes[0][0].get_legend_handles_labels()
     if h:
-        fig.legend(h, l, loc="outside right center", title="layer\n(dotted: shuffled\nbaseline)",
-                   frameon=False)
+        notes = (["band: ± minibatch sd"] if df["_sd"].notna().any() else []) \
+            + (["dotted: shuffled\nbaseline"] if baseline and df["_b"].notna().any() else []) \
+            + ([f"hatched: chance,\nnull mean ± {CHANCE_Z:g} null sd"] if has_band else [])
+        note = "layer" + ("\n(" + ";\n".join(notes) + ")" if notes else "")
+        fig.legend(h, l, loc="outside right center", title=note, frameon=False)
     path = _save(fig, out)
     plt.close(fig)
     return path

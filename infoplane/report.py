@@ -5,23 +5,34 @@
 ``*.h5`` inside), then writes ``out/report.md``, figures and the summary tables behind every number
 (``dynamics.csv``, ``differentiation.csv``, ``ib_signature.csv``, ``metrics.csv``, ``probes.csv``).
 
-Definitions (also in docs/report.md). For a trajectory v_t (value of one estimator for one layer
-and target over checkpoints t, sorted by epoch) with minibatch sd s_t and shuffled baseline b_t:
+Definitions (also in docs/report.md). A trajectory is one estimator, run, layer and target (x or y)
+over checkpoints t sorted by epoch: raw value v_t, minibatch sd s_t (``std``), and, where the table
+has them, the exact permutation null null_mean_t, null_sd_t and the bound max_value_t (kernel
+estimators; else the shuffled-Z baseline b_t is the only chance reference).
 
-* peak = max_t v_t, last = v_T, rise = peak - v_1, drop = peak - last.
-* noise = sqrt((s_peak^2 + s_last^2) / 2), the minibatch sd of the estimate at the peak and last
-  checkpoints (seed 000 F.1.2 averages minibatches; this is the spread its error bars would show).
-  When there is no minibatch sd (one batch, neural estimators) the baseline's minibatch sd is used,
-  then the sd over checkpoints of the baseline; ``noise_source`` says which.
+* scale: "adjusted" when every checkpoint has ``adjusted``, ``null_mean`` and ``max_value``:
+  a_t = adjusted_t = (v_t - null_mean_t) / (max_value_t - null_mean_t) (0 = chance), noise terms
+  divided by (max_value_t - null_mean_t); else "raw": a_t = v_t (older tables, no analytic null).
+* peak = max_t a_t, last = a_T, rise = peak - a_1, drop = peak - last, range = max - min.
+* noise = sqrt((s_peak^2 + s_last^2) / 2) on the scale (minibatch sd, seed 000 F.1.2; fallbacks,
+  ``noise_source``: the baseline's minibatch sd, then its sd over checkpoints).
 * compression = drop / noise (seed 000 sec. 4.1: "increase at first and subsequently decrease");
-  a layer *compresses* when compression >= threshold (default 2).
-* margin = (last - b_last) / noise: how far the final value sits above the shuffled (null) level.
-* layer-role differentiation (per run, estimator, target): the spread (sd) across layers of the
-  compression statistic, the number of compressing layers, and the mean pairwise Pearson
-  correlation of the layers' trajectories over the common epochs. Layers *differentiate* when some
-  but not all compress, or when the mean correlation is below 0.5.
-* IB signature of the last stored layer (seed 000 title and sec. 5): compression of the X target
-  >= threshold while the Y target holds (its compression < threshold).
+  margin = compression - threshold (> 0: past the boundary).
+* z_t = (v_t - null_mean_t) / null_sd_t (``chance_source`` "permutation null"); without null
+  columns z_t = (a_t - b_t) / noise ("shuffled baseline"). z_peak, z_last at the peak and last
+  checkpoints; chance_margin = z_last.
+* verdict: "cannot tell" when fewer than 3 checkpoints, the noise or the chance level is unknown,
+  or z_peak < chance_z (the peak is not above chance: nothing to compress); else "compresses"
+  when compression >= threshold (also when it falls to chance), else "does not compress".
+  ``reason`` says why.
+* differentiation (per run, estimator, target), three-valued ("yes", "no", "cannot tell"): yes
+  when some layers compress and some do not, or when the mean pairwise Pearson correlation of the
+  trajectories (on their scale, common epochs, only layers with a verdict whose range >= threshold
+  noise) is < 0.5; no when neither holds and every layer has a verdict; else (or with one layer)
+  cannot tell.
+* IB signature of the last stored layer (seed 000 title and sec. 5): x_falls = X compresses,
+  y_holds = Y does not compress (each "cannot tell" when that verdict is); ib_signature =
+  x_falls AND y_holds (a "no" in either decides "no").
 """
 from __future__ import annotations
 
@@ -50,13 +61,15 @@ __all__ = ["ReportConfig", "build_report", "collect_inputs", "trajectory_statist
 class ReportConfig:
     """Options of :func:`build_report`.
 
-    threshold: noise units that make a drop "significant". estimator: which estimator defines the
+    threshold: noise units that make a drop "significant". chance_z: a peak less than this many
+    null sd above chance (z_peak < chance_z) gives no verdict ("cannot tell"). estimator: which estimator defines the
     information planes and dynamics (None: "nhsic" if present, else the first non-neural one).
     reconstruct: held-out reconstruction examples per layer from each store's last checkpoint
     (seed 003 Fig. 7; 0 = off). probe: run linear probes per layer on each store's last checkpoint
     when the tables hold none. decoder_epochs / probe_epochs / max_samples: budgets of those runs.
     """
     threshold: float = 2.0
+    chance_z: float = 2.0
     estimator: Optional[str] = None
     reconstruct: int = 6
     probe: bool = True
@@ -71,6 +84,8 @@ class ReportConfig:
     def validate(self) -> None:
         if not float(self.threshold) > 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if not float(self.chance_z) >= 0:
+            raise ValueError(f"chance_z must be >= 0, got {self.chance_z}")
         if int(self.reconstruct) < 0:
             raise ValueError(f"reconstruct must be >= 0, got {self.reconstruct}")
         if int(self.max_samples) < 10:
@@ -188,92 +203,217 @@ def _regime_name(regime: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _noise(sub: pd.DataFrame, i_peak: int, i_last: int) -> Tuple[float, str]:
-    def pooled(col: str) -> float:
-        a, b = sub[col].iloc[i_peak], sub[col].iloc[i_last]
-        if pd.isna(a) or pd.isna(b):
-            return math.nan
-        return math.sqrt((float(a) ** 2 + float(b) ** 2) / 2.0)
+YES, NO, UNKNOWN = "yes", "no", "cannot tell"
+COMPRESSES, KEEPS, CANNOT_TELL = "compresses", "does not compress", "cannot tell"
 
-    s = pooled("std")
-    if math.isfinite(s) and s > 0:
-        return s, "minibatch sd"
-    s = pooled("baseline_std")
-    if math.isfinite(s) and s > 0:
-        return s, "baseline minibatch sd"
-    base = sub["baseline"].dropna()
-    if len(base) >= 2 and float(base.std(ddof=1)) > 0:
-        return float(base.std(ddof=1)), "baseline sd over checkpoints"
+
+def _col(sub: pd.DataFrame, col: str) -> np.ndarray:
+    if col not in sub.columns:
+        return np.full(len(sub), np.nan)
+    return pd.to_numeric(sub[col], errors="coerce").to_numpy(float)
+
+
+def _finite(*xs: float) -> bool:
+    return all(isinstance(x, (int, float, np.floating)) and math.isfinite(float(x)) for x in xs)
+
+
+def _noise(s: np.ndarray, bs: np.ndarray, b: np.ndarray, i_peak: int, i_last: int) -> Tuple[float, str]:
+    """Noise of the peak-to-last drop (arrays already on the scale of the trajectory)."""
+    def pooled(a: np.ndarray) -> float:
+        if not _finite(a[i_peak], a[i_last]):
+            return math.nan
+        return math.sqrt((float(a[i_peak]) ** 2 + float(a[i_last]) ** 2) / 2.0)
+
+    n = pooled(s)
+    if math.isfinite(n) and n > 0:
+        return n, "minibatch sd"
+    n = pooled(bs)
+    if math.isfinite(n) and n > 0:
+        return n, "baseline minibatch sd"
+    base = b[np.isfinite(b)]
+    if len(base) >= 2 and float(np.std(base, ddof=1)) > 0:
+        return float(np.std(base, ddof=1)), "baseline sd over checkpoints"
     return math.nan, "none"
 
 
-def trajectory_statistics(df: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
-    """Per (run, regime, estimator, layer, target): the rise and fall statistics of the module doc."""
+def _scaled(sub: pd.DataFrame) -> Tuple[str, Dict[str, np.ndarray]]:
+    """The trajectory on the adjusted scale when every checkpoint has it, else on the raw one."""
+    v, nm, mx, adj = _col(sub, "value"), _col(sub, "null_mean"), _col(sub, "max_value"), _col(sub, "adjusted")
+    std, bstd, base = _col(sub, "std"), _col(sub, "baseline_std"), _col(sub, "baseline")
+    span = mx - nm
+    if len(v) and np.isfinite(adj).all() and np.isfinite(span).all() and (span > 0).all():
+        return "adjusted", {"a": adj, "s": std / span, "bs": bstd / span, "b": (base - nm) / span}
+    return "raw", {"a": v, "s": std, "bs": bstd, "b": base}
+
+
+def _verdict_row(sub: pd.DataFrame, threshold: float, chance_z: float) -> Dict[str, Any]:
+    sub = sub.sort_values("epoch", kind="stable")
+    sub = sub[np.isfinite(_col(sub, "value"))].reset_index(drop=True)
+    n = len(sub)
+    if n == 0:
+        return {"n_checkpoints": 0, "scale": "raw", "verdict": CANNOT_TELL, "reason": "no finite values",
+                "compresses": False, "chance_source": "none", "noise_source": "none"}
+    scale, t = _scaled(sub)
+    a, v = t["a"], _col(sub, "value")
+    i_peak, i_last = int(np.argmax(a)), n - 1
+    noise, src = _noise(t["s"], t["bs"], t["b"], i_peak, i_last)
+    peak, last, first = float(a[i_peak]), float(a[i_last]), float(a[0])
+    comp = (peak - last) / noise if math.isfinite(noise) else math.nan
+    # chance level: the exact permutation null, else the shuffled baseline, else none
+    nm, ns = _col(sub, "null_mean"), _col(sub, "null_sd")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(ns > 0, (v - nm) / ns, np.nan)
+    z = np.where(np.isfinite(z), z, _col(sub, "z"))
+    b = t["b"]
+    if _finite(z[i_peak], z[i_last]):
+        chance_src, z_peak, z_last = "permutation null", float(z[i_peak]), float(z[i_last])
+        chance_last, chance_sd_last = float(nm[i_last]), float(ns[i_last])
+    elif _finite(b[i_peak], b[i_last], noise):
+        chance_src = "shuffled baseline"
+        z_peak, z_last = (peak - float(b[i_peak])) / noise, (last - float(b[i_last])) / noise
+        chance_last, chance_sd_last = float(_col(sub, "baseline")[i_last]), math.nan
+    else:
+        chance_src, z_peak, z_last, chance_last, chance_sd_last = "none", math.nan, math.nan, math.nan, math.nan
+    unit = "null sd" if chance_src == "permutation null" else "noise units"
+    if n < 3:
+        verdict, reason = CANNOT_TELL, f"{n} checkpoint{'s' if n != 1 else ''}: a rise and a fall need at least 3"
+    elif not math.isfinite(noise):
+        verdict, reason = CANNOT_TELL, ("estimation noise unknown: no minibatch sd (one batch, e.g. the full "
+                                        "protocol) and no shuffled baseline")
+    elif chance_src == "none":
+        verdict, reason = CANNOT_TELL, "no chance level (no null columns and no shuffled baseline)"
+    elif z_peak < chance_z:
+        verdict = CANNOT_TELL
+        reason = (f"peak within {chance_z:g} {unit} of chance (z_peak {z_peak:.3g}): nothing above chance "
+                  "to compress")
+    elif comp >= threshold:
+        verdict = COMPRESSES
+        reason = f"drop of {comp:.3g} noise units >= {threshold:g}"
+        if z_last < chance_z:
+            reason += f"; falls to chance (z_last {z_last:.3g})"
+    else:
+        verdict, reason = KEEPS, f"drop of {comp:.3g} noise units < {threshold:g}"
+    return {
+        "n_checkpoints": n, "scale": scale,
+        "first_epoch": int(sub["epoch"].iloc[0]), "peak_epoch": int(sub["epoch"].iloc[i_peak]),
+        "last_epoch": int(sub["epoch"].iloc[i_last]), "first": first, "peak": peak, "last": last,
+        "rise": peak - first, "drop": peak - last, "range": float(a.max() - a.min()),
+        "raw_peak": float(v[i_peak]), "raw_last": float(v[i_last]),
+        "chance_source": chance_src, "chance_last": chance_last, "chance_sd_last": chance_sd_last,
+        "baseline_last": float(_col(sub, "baseline")[i_last]),
+        "z_peak": z_peak, "z_last": z_last, "noise": noise, "noise_source": src, "compression": comp,
+        "margin": comp - threshold if math.isfinite(comp) else math.nan, "chance_margin": z_last,
+        "verdict": verdict, "reason": reason, "compresses": verdict == COMPRESSES}
+
+
+def trajectory_statistics(df: pd.DataFrame, threshold: float = 2.0, chance_z: float = 2.0) -> pd.DataFrame:
+    """Per (run, regime, estimator, layer, target): rise-and-fall statistics and a verdict (module doc)."""
     df = _normalise_estimates(df)
     keys = ["run", "regime", "estimator", "layer", "target"]
     out = []
     for key, sub in df.groupby(keys, sort=False):
-        sub = sub.sort_values("epoch").reset_index(drop=True)
-        v = sub["value"].astype(float).to_numpy()
-        i_peak, i_last = int(np.nanargmax(v)), len(v) - 1
-        noise, src = _noise(sub, i_peak, i_last)
-        peak, last, first = float(v[i_peak]), float(v[i_last]), float(v[0])
-        b_last = float(sub["baseline"].iloc[i_last]) if not pd.isna(sub["baseline"].iloc[i_last]) else math.nan
-        comp = (peak - last) / noise if math.isfinite(noise) else math.nan
-        out.append(dict(zip(keys, key)) | {
-            "layer_index": int(sub["layer_index"].iloc[0]), "n_checkpoints": len(v),
-            "first_epoch": int(sub["epoch"].iloc[0]), "peak_epoch": int(sub["epoch"].iloc[i_peak]),
-            "last_epoch": int(sub["epoch"].iloc[i_last]), "first": first, "peak": peak, "last": last,
-            "rise": peak - first, "drop": peak - last, "baseline_last": b_last, "noise": noise,
-            "noise_source": src, "compression": comp,
-            "margin": (last - b_last) / noise if math.isfinite(noise) and math.isfinite(b_last) else math.nan,
-            "compresses": bool(math.isfinite(comp) and comp >= threshold)})
+        out.append(dict(zip(keys, key)) | {"layer_index": int(sub["layer_index"].min())}
+                   | _verdict_row(sub, float(threshold), float(chance_z)))
     res = pd.DataFrame(out)
     if len(res):
         res = res.sort_values(["estimator", "run", "target", "layer_index"]).reset_index(drop=True)
     return res
 
 
-def differentiation_statistics(df: pd.DataFrame, dyn: pd.DataFrame) -> pd.DataFrame:
-    """Per (run, regime, estimator, target): do the layers differ in their dynamics?"""
+def _and(*xs: str) -> str:
+    return NO if NO in xs else (YES if all(x == YES for x in xs) else UNKNOWN)
+
+
+def _or(*xs: str) -> str:
+    return YES if YES in xs else (NO if all(x == NO for x in xs) else UNKNOWN)
+
+
+def _trajectories(df: pd.DataFrame, key: Tuple[str, str, str, str], dyn_rows: pd.DataFrame) -> pd.DataFrame:
+    """epoch x layer table of the trajectories, each on the scale its verdict used."""
+    sub = df[(df["run"] == key[0]) & (df["regime"] == key[1]) & (df["estimator"] == key[2])
+             & (df["target"] == key[3])]
+    cols = {}
+    for _, r in dyn_rows.iterrows():
+        s = sub[sub["layer"] == r["layer"]]
+        col = "adjusted" if r.get("scale") == "adjusted" else "value"
+        cols[r["layer"]] = pd.Series(_col(s, col), index=s["epoch"].to_numpy()).groupby(level=0).mean()
+    return pd.DataFrame(cols).dropna()
+
+
+def differentiation_statistics(df: pd.DataFrame, dyn: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
+    """Per (run, regime, estimator, target): do the layers differ in their dynamics? (module doc)"""
     df = _normalise_estimates(df)
     out = []
     for key, sub in dyn.groupby(["run", "regime", "estimator", "target"], sort=False):
-        comp = sub["compression"].astype(float)
-        traj = (df[(df["run"] == key[0]) & (df["regime"] == key[1]) & (df["estimator"] == key[2])
-                   & (df["target"] == key[3])].pivot_table(index="epoch", columns="layer", values="value")
-                .dropna())
+        verdicts = sub["verdict"]
+        known = sub[verdicts != CANNOT_TELL]
+        n_comp, n_keep = int((verdicts == COMPRESSES).sum()), int((verdicts == KEEPS).sum())
+        n_unk = len(sub) - n_comp - n_keep
+        comp = known["compression"].astype(float)
+        # trajectory correlation, only between layers with a verdict whose trajectory moves beyond noise
+        moving = known[(known["range"] / known["noise"]) >= threshold] if len(known) else known
+        traj = _trajectories(df, key, moving)
         corrs = []
         for a, b in itertools.combinations(traj.columns, 2):
             x, y = traj[a].to_numpy(float), traj[b].to_numpy(float)
             if len(x) >= 3 and x.std() > 0 and y.std() > 0:
                 corrs.append(float(np.corrcoef(x, y)[0, 1]))
-        n_comp = int(sub["compresses"].sum())
         mean_corr = float(np.mean(corrs)) if corrs else math.nan
+        some_comp = YES if n_comp else (NO if n_unk == 0 else UNKNOWN)
+        some_keep = YES if n_keep else (NO if n_unk == 0 else UNKNOWN)
+        by_verdicts = _and(some_comp, some_keep)
+        by_corr = YES if math.isfinite(mean_corr) and mean_corr < 0.5 else NO
+        result = _or(by_verdicts, by_corr) if len(sub) >= 2 else UNKNOWN
+        if len(sub) < 2:
+            reason = "one layer"
+        elif result == YES:
+            reason = (f"{n_comp} of {len(sub)} layers compress" if by_verdicts == YES
+                      else f"mean trajectory correlation {mean_corr:.3g} < 0.5")
+        elif result == NO:
+            reason = ("all layers compress" if n_comp == len(sub) else "no layer compresses")
+            reason += (f"; mean trajectory correlation {mean_corr:.3g} >= 0.5" if math.isfinite(mean_corr)
+                       else f"; fewer than 2 layers move by >= {threshold:g} noise units (no correlation)")
+        else:
+            unk = sub[verdicts == CANNOT_TELL]
+            reason = "cannot tell for " + "; ".join(f"{r['layer']} ({r['reason']})" for _, r in unk.iterrows())
         out.append({"run": key[0], "regime": key[1], "estimator": key[2], "target": key[3],
-                    "n_layers": len(sub), "n_compressing": n_comp,
+                    "n_layers": len(sub), "n_compressing": n_comp, "n_not_compressing": n_keep,
+                    "n_cannot_tell": n_unk,
                     "compression_sd": float(comp.std(ddof=1)) if comp.notna().sum() >= 2 else math.nan,
                     "compression_range": float(comp.max() - comp.min()) if comp.notna().any() else math.nan,
-                    "mean_trajectory_corr": mean_corr,
-                    "differentiated": bool((0 < n_comp < len(sub)) or (math.isfinite(mean_corr) and mean_corr < 0.5))})
+                    "n_layers_corr": int(traj.shape[1]), "mean_trajectory_corr": mean_corr,
+                    "differentiated": result, "reason": reason})
     return pd.DataFrame(out)
 
 
 def ib_signature(dyn: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
-    """Per (run, regime, estimator): does the last stored layer compress X while Y holds?"""
+    """Per (run, regime, estimator): does the last stored layer compress X while Y holds? (module doc)
+
+    ``threshold`` is kept for the call signature; the verdicts in ``dyn`` already carry it."""
     out = []
     for key, sub in dyn.groupby(["run", "regime", "estimator"], sort=False):
         last_idx = sub["layer_index"].max()
         last = sub[sub["layer_index"] == last_idx]
-        row = {"run": key[0], "regime": key[1], "estimator": key[2], "layer": str(last["layer"].iloc[0])}
+        row: Dict[str, Any] = {"run": key[0], "regime": key[1], "estimator": key[2],
+                               "layer": str(last["layer"].iloc[0])}
+        reasons = {}
         for t in ("x", "y"):
             r = last[last["target"] == t]
+            row[f"scale_{t}"] = str(r["scale"].iloc[0]) if len(r) else "-"
             row[f"compression_{t}"] = float(r["compression"].iloc[0]) if len(r) else math.nan
-        cx, cy = row["compression_x"], row["compression_y"]
-        row["x_falls"] = bool(math.isfinite(cx) and cx >= threshold)
-        row["y_holds"] = bool(math.isfinite(cy) and cy < threshold)
-        row["ib_signature"] = row["x_falls"] and row["y_holds"]
-        comp_x = sub[(sub["target"] == "x") & sub["compresses"]]
+            row[f"margin_{t}"] = float(r["margin"].iloc[0]) if len(r) else math.nan
+            row[f"verdict_{t}"] = str(r["verdict"].iloc[0]) if len(r) else CANNOT_TELL
+            reasons[t] = str(r["reason"].iloc[0]) if len(r) else f"no {t.upper()} target in the table"
+        vx, vy = row["verdict_x"], row["verdict_y"]
+        row["x_falls"] = YES if vx == COMPRESSES else (NO if vx == KEEPS else UNKNOWN)
+        row["y_holds"] = YES if vy == KEEPS else (NO if vy == COMPRESSES else UNKNOWN)
+        row["ib_signature"] = _and(row["x_falls"], row["y_holds"])
+        parts = []
+        for t, flag in (("x", "x_falls"), ("y", "y_holds")):
+            if row["ib_signature"] == YES or row[flag] != YES:
+                parts.append(f"{t.upper()} {row['verdict_' + t]}: {reasons[t]}")
+        row["reason"] = "; ".join(parts)
+        comp_x = sub[(sub["target"] == "x") & (sub["verdict"] == COMPRESSES)]
         row["layers_compressing_x"] = ", ".join(comp_x.sort_values("layer_index")["layer"]) or "-"
         out.append(row)
     return pd.DataFrame(out)
@@ -362,8 +502,15 @@ def _fig_metrics(metrics: pd.DataFrame, out: Path) -> Optional[str]:
     return _save(fig, out / "accuracy.png")
 
 
-def _fig_plane(df: pd.DataFrame, estimator: str, out: Path) -> Optional[str]:
+def _fig_plane(df: pd.DataFrame, estimator: str, out: Path, adjusted: bool = False) -> Optional[str]:
     sub = df[df["estimator"] == estimator]
+    if adjusted:  # only through infoplane.plot; no figure when the table cannot give one
+        try:
+            from infoplane.plot import plot_information_plane
+            return plot_information_plane(sub, out / f"plane_adjusted_{estimator}.png", estimator=estimator,
+                                          adjusted=True).name
+        except (ImportError, ValueError, KeyError):
+            return None
     wide = sub.pivot_table(index=["run", "layer", "layer_index", "epoch"], columns="target",
                            values="value").reset_index()
     if not {"x", "y"} <= set(wide.columns):
@@ -396,7 +543,7 @@ def _fig_plane(df: pd.DataFrame, estimator: str, out: Path) -> Optional[str]:
     return _save(fig, out / f"plane_{estimator}.png")
 
 
-def _fig_dynamics(df: pd.DataFrame, estimator: str, out: Path) -> Optional[str]:
+def _fig_dynamics(df: pd.DataFrame, estimator: str, out: Path, chance_z: float = 2.0) -> Optional[str]:
     sub = df[df["estimator"] == estimator]
     if sub.empty:
         return None
@@ -404,7 +551,7 @@ def _fig_dynamics(df: pd.DataFrame, estimator: str, out: Path) -> Optional[str]:
     layers = sub[["layer", "layer_index"]].drop_duplicates().sort_values("layer_index")["layer"].tolist()
     targets = [t for t in ("x", "y") if t in set(sub["target"])]
     fig, axes = plt.subplots(len(targets), len(layers), figsize=(3.0 * len(layers), 2.6 * len(targets)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for i, t in enumerate(targets):
         for j, layer in enumerate(layers):
             ax = axes[i][j]
@@ -414,6 +561,11 @@ def _fig_dynamics(df: pd.DataFrame, estimator: str, out: Path) -> Optional[str]:
                 if s["std"].notna().any():
                     ax.fill_between(s["epoch"], s["value"] - s["std"], s["value"] + s["std"],
                                     color=line.get_color(), alpha=0.2)
+                nm, ns = _col(s, "null_mean"), _col(s, "null_sd")
+                if np.isfinite(nm).any() and np.isfinite(ns).any():
+                    ax.fill_between(s["epoch"], nm - chance_z * ns, nm + chance_z * ns, facecolor="0.6",
+                                    edgecolor=line.get_color(), hatch="////", lw=0, alpha=0.35
+                                    ).set_gid("chance-band")
                 if s["baseline"].notna().any():
                     ax.plot(s["epoch"], s["baseline"], ls="--", color=line.get_color(), lw=0.8)
             ax.set_title(f"{layer}: {t.upper()}", fontsize=9)
@@ -486,6 +638,42 @@ def _md_table(df: pd.DataFrame, cols: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _signed(v: Any) -> str:
+    return "–" if not _finite(v) else f"{float(v):+.3g}"
+
+
+def _scale_note(dyn: pd.DataFrame, thr: float, cz: float) -> List[str]:
+    """Which scale and chance level the verdicts of ``dyn`` used, in words."""
+    n = len(dyn)
+    n_adj = int((dyn["scale"] == "adjusted").sum())
+    n_null = int((dyn["chance_source"] == "permutation null").sum())
+    n_base = int((dyn["chance_source"] == "shuffled baseline").sum())
+    n_none = n - n_null - n_base
+    lines = []
+    if n_adj:
+        lines.append(f"Scale: {n_adj} of {n} trajectories are judged on the chance-adjusted value `adjusted` = "
+                     "(value − null_mean)/(max_value − null_mean) (0 = chance, 1 = perfect alignment); for them "
+                     "`first`, `peak`, `last` and `noise` are in adjusted units.")
+    if n - n_adj:
+        lines.append(f"Scale: {n - n_adj} of {n} trajectories are judged on the raw value: the table lacks the "
+                     "null columns (`null_mean`, `null_sd`, `max_value`, `adjusted`), because it comes from an "
+                     "older `infoplane estimate` or the estimator has no analytic null. Re-run "
+                     "`infoplane estimate` for the chance-corrected analysis.")
+    if n_null:
+        lines.append(f"Chance level for {n_null} trajectories: the exact permutation null; `chance_last` ± "
+                     f"`chance_sd_last` is null_mean ± null_sd at the last checkpoint (raw units), z = "
+                     f"(value − null_mean)/null_sd, and a peak with z_peak < {cz:g} gets no verdict.")
+    if n_base:
+        lines.append(f"Chance level for {n_base} trajectories: the shuffled-Z baseline b (fallback); `chance_last` "
+                     f"is b at the last checkpoint (raw units), z = (v − b)/noise on the trajectory's scale, and "
+                     f"a peak with z_peak < {cz:g} gets no verdict.")
+    if n_none:
+        lines.append(f"{n_none} trajectories have no chance level at all (no null columns, no baseline): no verdict.")
+    lines.append(f"Verdicts: compresses when compression ≥ {thr:g}; margin = compression − {thr:g} (noise units "
+                 "from the decision boundary).")
+    return lines + [""]
+
+
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
     df.to_csv(tmp, index=False)
@@ -495,25 +683,38 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 DEFINITIONS = """\
 ## Definitions
 
-For one estimator, layer and target (x or y), v_t is the value at checkpoint t (sorted by epoch),
-s_t its minibatch standard deviation (the `std` column) and b_t the shuffled-pairs baseline.
+A trajectory: one estimator, run, layer and target (x or y) over checkpoints t (sorted by epoch);
+v_t the value, s_t its minibatch sd (`std`), null_mean_t ± null_sd_t the exact permutation null
+of the value and max_value_t its upper bound (kernel estimators, current `infoplane estimate`),
+b_t the shuffled-Z baseline (an empirical check of null_mean; the only chance reference of older
+tables).
 
-- **peak** = max_t v_t; **last** = v at the last checkpoint; **rise** = peak − v_first;
+- **scale** = `adjusted` when every checkpoint has the null columns: a_t = (v_t − null_mean_t) /
+  (max_value_t − null_mean_t), 0 at chance and 1 at perfect alignment, comparable across layers,
+  m and eps; sds are divided by the same (max_value_t − null_mean_t). Else `raw`: a_t = v_t.
+- **peak** = max_t a_t; **last** = a at the last checkpoint; **rise** = peak − a_first;
   **drop** = peak − last.
-- **noise** = sqrt((s_peak² + s_last²)/2), the minibatch sd at the peak and last checkpoints
-  (fallbacks, named in `noise_source`: the baseline's minibatch sd, then the sd of the baseline
-  over checkpoints).
-- **compression** = drop / noise: how far the layer fell from its peak in units of the run's own
-  estimation noise. A layer **compresses** when compression ≥ {thr:g}. The peak is the maximum
-  of a noisy trajectory, so a flat trajectory whose values scatter between checkpoints by about
-  the minibatch sd still has a compression of order 1; the threshold is chosen with that in mind.
-- **margin** = (last − b_last) / noise: distance of the final value above the null level.
-- **Layer-role differentiation** (per run and target): sd and range across layers of the
-  compression, the number of compressing layers, and the mean pairwise Pearson correlation of the
-  layers' trajectories over common epochs. **differentiated** = some but not all layers compress,
-  or mean correlation < 0.5.
-- **IB signature** of the last stored layer: compression of X ≥ {thr:g} (X falls significantly)
-  while compression of Y < {thr:g} (Y holds within noise).
+- **noise** = sqrt((s_peak² + s_last²)/2) on the scale (fallbacks, named in `noise_source`: the
+  baseline's minibatch sd, then the sd of the baseline over checkpoints).
+- **compression** = drop / noise. The peak is the maximum of a noisy trajectory, so a flat one
+  scattering by about the minibatch sd still has a compression of order 1; hence the threshold.
+  **margin** = compression − {thr:g}: distance from the decision boundary in noise units.
+- **z** = (v − null_mean) / null_sd (chance source `permutation null`); without null columns
+  z = (a − b) / noise (`shuffled baseline`). **z_peak**, **z_last** at the peak and the last
+  checkpoint; **chance_margin** = z_last. **chance_last** ± **chance_sd_last**: the chance level
+  (null_mean ± null_sd, or b) at the last checkpoint, raw units.
+- **verdict**: *cannot tell* with fewer than 3 checkpoints, without a noise estimate or chance
+  level, or when z_peak < {cz:g} (the peak is within {cz:g} null sd of chance: nothing above chance
+  to compress); else *compresses* when compression ≥ {thr:g} (a significant drop to chance counts),
+  else *does not compress*. `reason` says which rule decided.
+- **Layer-role differentiation** (per run and target), yes / no / cannot tell: *yes* when some
+  layers compress and some do not, or when the mean pairwise Pearson correlation of the
+  trajectories (their scale, common epochs; only layers with a verdict whose range exceeds
+  {thr:g} noise units: `n_layers_corr`) is < 0.5; *no* when neither holds and every layer has a
+  verdict; else (or with one layer) *cannot tell*. `compression_sd`/`compression_range` are over
+  layers with a verdict.
+- **IB signature** of the last stored layer: `x_falls` = X compresses, `y_holds` = Y does not
+  compress (each *cannot tell* when its verdict is); `ib_signature` = both (*no* if either is no).
 - **linear-probe**: held-out accuracy of a softmax-regression probe on the standardised layer
   (seed 000 Fig. 1); train accuracy beside it. **decoder**: 1 − held-out per-pixel BCE of a decoder
   reconstructing the [0,1]-scaled input (seed 003 app. G; a shifted lower bound on I(Z;X)).
@@ -536,7 +737,7 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df, stores, metric_csvs = collect_inputs(inputs)
-    thr = float(cfg.threshold)
+    thr, cz = float(cfg.threshold), float(cfg.chance_z)
 
     metrics = _store_metrics(stores) if stores else pd.DataFrame(
         columns=["run", "regime", "epoch", "metric", "value", "source"])
@@ -592,40 +793,57 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     dyn = pd.DataFrame()
     if est is not None:
         sub = df[df["estimator"] == est]
-        dyn = trajectory_statistics(sub, thr)
+        dyn = trajectory_statistics(sub, thr, cz)
         _write_csv(dyn, out / "dynamics.csv")
         md.append(f"## Information planes ({est})")
         fig = _fig_plane(df, est, out)
         if fig:
             md.append(f"![plane]({fig})")
-        fig = _fig_dynamics(df, est, out)
+        fig = _fig_plane(df, est, out, adjusted=True) if (dyn["scale"] == "adjusted").any() else None
         if fig:
-            md += ["", "Per layer over training (band: ± minibatch sd; dashed: shuffled baseline):", "",
+            md += ["", "Chance-adjusted (0 = chance; grey: ± 2 null sd):", "", f"![plane adjusted]({fig})"]
+        fig = _fig_dynamics(df, est, out, cz)
+        if fig:
+            md += ["", f"Per layer over training (band: ± minibatch sd; hatched: chance, null mean ± {cz:g} "
+                   "null sd, where the table has the null columns; dashed: shuffled baseline):", "",
                    f"![dynamics]({fig})"]
         md.append("")
         md.append(f"## Rise and fall per layer ({est})")
         md.append("")
-        md.append(_md_table(dyn, ["run", "layer", "target", "first", "peak", "peak_epoch", "last", "last_epoch",
-                                  "baseline_last", "noise", "compression", "margin", "compresses"]))
+        md += _scale_note(dyn, thr, cz)
+        md.append(_md_table(dyn, ["run", "layer", "target", "scale", "first", "peak", "peak_epoch", "last",
+                                  "last_epoch", "chance_last", "chance_sd_last", "z_peak", "z_last", "noise",
+                                  "compression", "margin", "verdict", "reason"]))
         md.append("")
-        diff = differentiation_statistics(sub, dyn)
+        for (run, t), g in dyn.groupby(["run", "target"], sort=False):
+            parts = []
+            for v in (COMPRESSES, KEEPS, CANNOT_TELL):
+                gg = g[g["verdict"] == v]
+                if len(gg):
+                    parts.append(f"{v}: " + ", ".join(f"{r['layer']} (margin {_signed(r['margin'])})"
+                                                       for _, r in gg.iterrows()))
+            md.append(f"- `{run}` {t.upper()}: " + "; ".join(parts) + ".")
+        md.append("")
+        diff = differentiation_statistics(sub, dyn, thr)
         _write_csv(diff, out / "differentiation.csv")
         md.append("## Layer-role differentiation")
         md.append("")
-        md.append(_md_table(diff, ["run", "target", "n_layers", "n_compressing", "compression_sd",
-                                   "compression_range", "mean_trajectory_corr", "differentiated"]))
+        md.append(_md_table(diff, ["run", "target", "n_layers", "n_compressing", "n_not_compressing",
+                                   "n_cannot_tell", "compression_sd", "compression_range", "n_layers_corr",
+                                   "mean_trajectory_corr", "differentiated", "reason"]))
         md.append("")
         ib = ib_signature(dyn, thr)
         _write_csv(ib, out / "ib_signature.csv")
         md.append("## IB signature of the last layer")
         md.append("")
-        md.append(_md_table(ib, ["run", "layer", "compression_x", "compression_y", "x_falls", "y_holds",
-                                 "ib_signature", "layers_compressing_x"]))
+        md.append(_md_table(ib, ["run", "layer", "compression_x", "margin_x", "compression_y", "margin_y",
+                                 "x_falls", "y_holds", "ib_signature", "layers_compressing_x"]))
         md.append("")
         for _, r in ib.iterrows():
-            verdict = "shows" if r["ib_signature"] else "does not show"
-            md.append(f"- `{r['run']}`: the last layer `{r['layer']}` {verdict} the IB signature "
-                      f"(X compression {_fmt(r['compression_x'])}, Y compression {_fmt(r['compression_y'])}).")
+            head = {YES: "shows", NO: "does not show"}.get(r["ib_signature"], "cannot tell whether it shows")
+            md.append(f"- `{r['run']}`: the last layer `{r['layer']}` {head} the IB signature "
+                      f"(X: {r['verdict_x']}, margin {_signed(r['margin_x'])}; Y: {r['verdict_y']}, margin "
+                      f"{_signed(r['margin_y'])}; {r['scale_x']} scale). {r['reason']}.")
         md.append("")
     else:
         md += ["## Information planes", "", "No kernel-estimator rows in the tables.", ""]
@@ -648,7 +866,7 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
         md += ["", f"Held-out reconstructions from each layer of `{run}` (epoch {rec['epoch']}; seed 003 Fig. 7 "
                "style; top row: input):", "", f"![reconstructions]({name})"]
     md.append("")
-    md.append(DEFINITIONS.format(thr=thr))
+    md.append(DEFINITIONS.format(thr=thr, cz=cz))
 
     path = out / "report.md"
     tmp = path.with_name(path.name + ".partial")
@@ -667,6 +885,8 @@ def add_cli(subparsers: Any) -> Any:
     p.add_argument("--out", default="report", help="output directory (default: report)")
     p.add_argument("--estimator", default=None, help="estimator of the planes (default: nhsic if present)")
     p.add_argument("--threshold", type=float, default=2.0, help="noise units for a significant drop (2)")
+    p.add_argument("--chance-z", type=float, default=2.0,
+                   help="a peak less than this many null sd above chance gets no verdict (2)")
     p.add_argument("--reconstruct", type=int, default=6, help="reconstruction examples per layer (0 = off)")
     p.add_argument("--no-probe", action="store_true", help="do not run linear probes on the stores")
     p.add_argument("--decoder-epochs", type=int, default=10)
@@ -682,7 +902,7 @@ def add_cli(subparsers: Any) -> Any:
 
 def run_cli(args: Any) -> int:
     """Run the ``report`` subcommand from parsed arguments; prints the report path."""
-    cfg = ReportConfig(threshold=args.threshold, estimator=args.estimator, reconstruct=args.reconstruct,
+    cfg = ReportConfig(threshold=args.threshold, chance_z=args.chance_z, estimator=args.estimator, reconstruct=args.reconstruct,
                        probe=not args.no_probe, decoder_epochs=args.decoder_epochs, probe_epochs=args.probe_epochs,
                        max_samples=args.max_samples, device=args.device, seed=args.seed,
                        progress=not args.no_progress, title=args.title)

@@ -50,25 +50,37 @@ def test_statistics_and_markdown_match_csv(tmp_path):
         assert r.last == pytest.approx(sub.value.iloc[-1])
         assert r.noise == pytest.approx(0.05)
         assert r.compression == pytest.approx((sub.value.max() - sub.value.iloc[-1]) / 0.05)
-        assert r.margin == pytest.approx((sub.value.iloc[-1] - 0.5) / 0.05)
+        # no null columns: raw scale, the shuffled baseline is the chance level
+        assert r.scale == "raw" and r.chance_source == "shuffled baseline"
+        assert r.margin == pytest.approx(r.compression - 2.0)
+        assert r.chance_margin == pytest.approx((sub.value.iloc[-1] - 0.5) / 0.05)
+        assert r.z_peak == pytest.approx((sub.value.max() - 0.5) / 0.05)
         # the markdown row shows the same numbers
-        row = re.search(rf"^\| {r.run} \| {r.layer} \| {r.target} \|(.*)$", md, re.M)
+        header = re.search(r"^\| run \| layer \| target \| scale \|.*$", md, re.M).group(0)
+        names = [c.strip() for c in header.strip("|").split("|")]
+        row = re.search(rf"^\| {r.run} \| {r.layer} \| {r.target} \|.*$", md, re.M)
         assert row is not None
-        cells = [c.strip() for c in row.group(1).split("|")]
-        assert float(cells[1]) == pytest.approx(r.peak, rel=1e-3)
-        assert float(cells[7]) == pytest.approx(r.compression, rel=1e-3, abs=1e-3)
-    comp = dyn.set_index(["run", "layer", "target"])["compresses"]
-    assert comp[("layerwise", "conv1", "x")] and not comp[("layerwise", "fc1", "x")]
-    assert comp[("e2e", "out", "x")] and not comp[("e2e", "out", "y")]
+        cells = dict(zip(names, [c.strip() for c in row.group(0).strip("|").split("|")]))
+        assert float(cells["peak"]) == pytest.approx(r.peak, rel=1e-3)
+        assert float(cells["compression"]) == pytest.approx(r.compression, rel=1e-3, abs=1e-3)
+        assert float(cells["margin"]) == pytest.approx(r.margin, rel=1e-3, abs=1e-3)
+        assert cells["verdict"] == r.verdict and cells["scale"] == "raw"
+    verdict = dyn.set_index(["run", "layer", "target"])["verdict"]
+    assert verdict[("layerwise", "conv1", "x")] == "compresses"
+    assert verdict[("layerwise", "fc1", "x")] == "does not compress"
+    assert verdict[("e2e", "out", "x")] == "compresses" and verdict[("e2e", "out", "y")] == "does not compress"
+    assert (dyn["compresses"] == (dyn["verdict"] == "compresses")).all()
+    assert "raw value" in md and "shuffled-Z baseline" in md and "re-run `infoplane estimate`" in md.lower()
 
     ib = pd.read_csv(tmp_path / "rep" / "ib_signature.csv").set_index("run")
-    assert bool(ib.loc["e2e", "ib_signature"]) and not bool(ib.loc["layerwise", "ib_signature"])
+    assert ib.loc["e2e", "ib_signature"] == "yes" and ib.loc["layerwise", "ib_signature"] == "no"
     assert "`e2e`: the last layer `out` shows the IB signature" in md
 
     diff = pd.read_csv(tmp_path / "rep" / "differentiation.csv").set_index(["run", "target"])
     assert diff.loc[("layerwise", "x"), "n_compressing"] == 1
-    assert bool(diff.loc[("layerwise", "x"), "differentiated"])
+    assert diff.loc[("layerwise", "x"), "differentiated"] == "yes"
     assert (tmp_path / "rep" / "plane_nhsic.png").stat().st_size > 0
+    assert not (tmp_path / "rep" / "plane_adjusted_nhsic.png").exists()  # no adjusted column: no such figure
     assert "## Definitions" in md and "compression" in md
 
 
@@ -166,3 +178,158 @@ def test_compression_affine_invariant(values, sd, scale, shift):
     b = report.trajectory_statistics(frame(scale * v + shift, scale * sd, scale * 0.3 + shift)).iloc[0]
     assert a.compression >= 0 and a.compression == pytest.approx(b.compression, rel=1e-6, abs=1e-6)
     assert a.margin == pytest.approx(b.margin, rel=1e-6, abs=1e-6)
+    assert a.chance_margin == pytest.approx(b.chance_margin, rel=1e-6, abs=1e-6)
+    assert a.z_peak == pytest.approx(b.z_peak, rel=1e-6, abs=1e-6)
+    if abs(a.compression - 2.0) > 1e-6 and abs(a.z_peak - 2.0) > 1e-6:  # not on a decision boundary
+        assert a.verdict == b.verdict
+
+
+# ----------------------------------------------------------------------------- chance-corrected verdicts
+def _null_traj(adjusted, *, null_mean=1.0, null_sd=0.05, max_value=5.0, std=0.02, layer="l", layer_index=1,
+               target="x", run="r", baseline=True):
+    """A trajectory with the null columns of the current `infoplane estimate` (value from `adjusted`)."""
+    a = np.asarray(adjusted, float)
+    nm = np.broadcast_to(np.asarray(null_mean, float), a.shape)
+    mx = np.broadcast_to(np.asarray(max_value, float), a.shape)
+    v = nm + a * (mx - nm)
+    d = pd.DataFrame({"run": run, "regime": run, "estimator": "nhsic", "target": target, "layer": layer,
+                      "layer_index": layer_index, "epoch": range(len(a)), "value": v, "std": std,
+                      "null_mean": nm, "null_sd": null_sd, "z": (v - nm) / null_sd, "p_value": 0.5,
+                      "adjusted": a, "max_value": mx})
+    if baseline:
+        d["baseline"], d["baseline_std"] = nm, std
+    return d
+
+
+SHAPE = np.array([0.0, 0.01, 0.02, 0.01, 0.0])  # rises and falls by 0.02 (adjusted units)
+
+
+def test_rise_and_fall_within_chance_cannot_tell():
+    # null_sd 0.05 over a span of 4: 0.02 adjusted = 1.6 null sd at the peak, i.e. at chance; the
+    # minibatch sd (0.02 raw = 0.005 adjusted) makes the drop 4 noise units, which alone would "compress"
+    r = report.trajectory_statistics(_null_traj(SHAPE)).iloc[0]
+    assert r.scale == "adjusted" and r.chance_source == "permutation null"
+    assert r.compression == pytest.approx(0.02 / 0.005) and r.compression > 2
+    assert r.z_peak == pytest.approx(0.02 * 4 / 0.05) and r.z_peak < 2
+    assert r.verdict == "cannot tell" and not r.compresses and "chance" in r.reason
+
+
+def test_same_shape_far_above_chance_compresses():
+    r = report.trajectory_statistics(_null_traj(0.3 + SHAPE)).iloc[0]
+    assert r.verdict == "compresses" and r.compresses
+    assert r.z_peak == pytest.approx(0.32 * 4 / 0.05)
+    assert r.noise == pytest.approx(0.02 / 4)                       # minibatch sd in adjusted units
+    assert r.compression == pytest.approx(0.02 / 0.005)
+    assert r.margin == pytest.approx(r.compression - 2.0)
+    assert r.chance_margin == pytest.approx(r.z_last)
+    assert r.peak == pytest.approx(0.32) and r.peak_epoch == 2 and r.raw_peak == pytest.approx(1 + 0.32 * 4)
+
+
+def test_drop_to_chance_is_compression():
+    r = report.trajectory_statistics(_null_traj([0.05, 0.2, 0.3, 0.1, 0.001])).iloc[0]
+    assert r.z_peak > 2 and r.z_last < 2
+    assert r.verdict == "compresses" and "falls to chance" in r.reason
+
+
+def test_falling_null_is_not_compression():
+    # the raw value falls only because the null level falls (adjusted constant): no compression
+    nm = np.array([3.0, 2.5, 2.0, 1.5, 1.0])
+    d = _null_traj(np.full(5, 0.3), null_mean=nm, max_value=nm + 4.0)
+    assert d["value"].iloc[0] - d["value"].iloc[-1] > 10 * 0.02     # a raw drop of 100 minibatch sds
+    r = report.trajectory_statistics(d).iloc[0]
+    assert r.scale == "adjusted" and r.compression == pytest.approx(0.0)
+    assert r.verdict == "does not compress" and r.margin == pytest.approx(-2.0)
+
+
+def test_two_checkpoints_cannot_tell():
+    r = report.trajectory_statistics(_null_traj([0.5, 0.1])).iloc[0]
+    assert r.compression > 2 and r.z_peak > 2                       # would compress with one more checkpoint
+    assert r.verdict == "cannot tell" and "3" in r.reason and not r.compresses
+
+
+def test_unknown_noise_or_chance_cannot_tell():
+    d = _null_traj(0.3 + SHAPE, std=np.nan, baseline=False)
+    r = report.trajectory_statistics(d).iloc[0]
+    assert r.verdict == "cannot tell" and "noise" in r.reason
+    old = pd.DataFrame({"run": "r", "estimator": "nhsic", "target": "x", "layer": "l", "layer_index": 1,
+                        "epoch": range(5), "value": [1.0, 2.0, 3.0, 2.0, 1.0], "std": 0.05})
+    r = report.trajectory_statistics(old).iloc[0]              # old table, run with --no-baseline
+    assert r.scale == "raw" and r.compression == pytest.approx(40.0)
+    assert r.verdict == "cannot tell" and "chance" in r.reason
+
+
+def test_chance_z_option():
+    d = _null_traj(SHAPE)                                           # z_peak 1.6
+    assert report.trajectory_statistics(d, chance_z=1.0).iloc[0].verdict == "compresses"
+    assert report.trajectory_statistics(d, chance_z=2.0).iloc[0].verdict == "cannot tell"
+    with pytest.raises(ValueError, match="chance_z"):
+        report.ReportConfig(chance_z=-1).validate()
+
+
+def _layers(spec, run="r", target="x"):
+    return pd.concat([_null_traj(a, layer=f"l{i}", layer_index=i, run=run, target=target, **kw)
+                      for i, (a, kw) in enumerate(spec, start=1)], ignore_index=True)
+
+
+def test_differentiation_is_three_valued():
+    rng = np.random.default_rng(1)
+    fall, rise, chance = 0.3 + 10 * SHAPE, 0.1 + 0.05 * np.arange(5), SHAPE
+    flat = lambda: 0.4 + 0.002 * rng.standard_normal(5)  # noqa: E731  (above chance, within noise)
+    cases = {"yes": [(fall, {}), (rise, {}), (chance, {})],   # some compress, some do not: decided
+             "cannot tell": [(rise, {}), (0.1 + 0.06 * np.arange(5), {}), (chance, {})],
+             "no": [(flat(), {}), (flat(), {}), (flat(), {})]}
+    for expected, spec in cases.items():
+        df = _layers(spec)
+        dyn = report.trajectory_statistics(df)
+        diff = report.differentiation_statistics(df, dyn).iloc[0]
+        assert diff["differentiated"] == expected, (expected, diff["reason"])
+    # the flat layers' wiggles are uncorrelated noise: they are not used for the correlation criterion
+    assert diff["n_layers_corr"] == 0 and not math.isfinite(diff["mean_trajectory_corr"])
+    short = _layers([([0.5, 0.1], {}), ([0.1, 0.5], {})])
+    d = report.differentiation_statistics(short, report.trajectory_statistics(short)).iloc[0]
+    assert d["differentiated"] == "cannot tell"
+
+
+def test_ib_signature_three_valued():
+    fall, rise, chance = 0.3 + 10 * SHAPE, 0.1 + 0.05 * np.arange(5), SHAPE
+    for x, y, expected in ((fall, rise, "yes"), (rise, rise, "no"), (rise, chance, "no"),
+                           (chance, rise, "cannot tell"), (fall, chance, "cannot tell"), (fall, fall, "no")):
+        df = pd.concat([_null_traj(x, target="x", layer="out"), _null_traj(y, target="y", layer="out")])
+        ib = report.ib_signature(report.trajectory_statistics(df)).iloc[0]
+        assert ib["ib_signature"] == expected, (ib["reason"])
+        assert ib["margin_x"] == pytest.approx(ib["compression_x"] - 2.0)
+
+
+def test_report_on_new_columns(tmp_path, monkeypatch):
+    df = pd.concat([_layers([(0.3 + 10 * SHAPE, {}), (0.1 + 0.05 * np.arange(5), {})], target=t)
+                    for t in ("x", "y")], ignore_index=True)
+    df["n_batches"] = 5
+    df.to_csv(tmp_path / "est.csv", index=False)
+    bands = []
+    real = report._save
+
+    def spy(fig, path):
+        if path.name.startswith("dynamics"):
+            bands.extend(c for ax in fig.axes for c in ax.collections if c.get_gid() == "chance-band")
+        return real(fig, path)
+
+    monkeypatch.setattr(report, "_save", spy)
+    md = report.build_report([tmp_path / "est.csv"], tmp_path / "rep", progress=False).read_text()
+    dyn = pd.read_csv(tmp_path / "rep" / "dynamics.csv")
+    assert (dyn["scale"] == "adjusted").all() and (dyn["chance_source"] == "permutation null").all()
+    assert {"z_peak", "z_last", "margin", "chance_margin", "verdict", "reason"} <= set(dyn.columns)
+    assert "chance-adjusted value" in md and "permutation null" in md
+    assert "l1 (margin +" in md                                    # every verdict with its margin
+    assert len(bands) == 4                                         # one chance band per panel (2 layers x 2)
+    assert (tmp_path / "rep" / "plane_adjusted_nhsic.png").exists()
+    ib = pd.read_csv(tmp_path / "rep" / "ib_signature.csv").iloc[0]
+    assert ib["layer"] == "l2" and ib["ib_signature"] == "no"     # the last layer only rises
+
+
+def test_report_two_checkpoints_refuses(tmp_path):
+    df = pd.concat([_null_traj([0.5, 0.1], target=t, layer="out") for t in ("x", "y")])
+    df.to_csv(tmp_path / "est.csv", index=False)
+    md = report.build_report([tmp_path / "est.csv"], tmp_path / "rep", progress=False).read_text()
+    assert "cannot tell whether it shows the IB signature" in md
+    assert set(pd.read_csv(tmp_path / "rep" / "dynamics.csv")["verdict"]) == {"cannot tell"}
+    assert set(pd.read_csv(tmp_path / "rep" / "differentiation.csv")["differentiated"]) == {"cannot tell"}
