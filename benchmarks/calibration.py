@@ -84,7 +84,8 @@ def run_setting(z: np.ndarray, target: np.ndarray, kind: str, m: int, sigma: str
         sl = slice(b * m, (b + 1) * m)
         tkey = key + (b,)
         if tkey not in cache:
-            cache.clear()  # keep one target side in memory (m = 10,000 spectra are 800 MB)
+            for k in [k for k in cache if k[:len(key)] != key]:
+                del cache[k]  # keep one (m, sigma, target)'s batches in memory (m = 10,000: 800 MB)
             cache[tkey] = _side(target[sl], kind, sigma, num_classes)
         zs = _side(z[sl], "rbf", sigma, num_classes)
         for r in batch_stats(zs, cache[tkey], EPS):
