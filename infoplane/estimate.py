@@ -133,7 +133,7 @@ class _LayerReader:
         ds = store._layer_ds(ckpt, layer)
         self._all = None
         if ds.size * ds.dtype.itemsize <= _READ_ALL_BYTES:
-            self._all = ds[()]
+            self._all = store.read(ckpt, layer)
         self._store, self._ckpt, self._layer = store, ckpt, layer
 
     def rows(self, idx: np.ndarray) -> np.ndarray:

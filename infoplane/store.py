@@ -15,10 +15,17 @@ Layout::
 Writes are streamed batch by batch (rows ``[start, start+b)``); a checkpoint group is marked
 ``complete=True`` only after its last row is written. Readers ignore incomplete groups; writers
 continue them from ``rows_done`` (resume after an interruption).
+
+Integrity: every dataset carries HDF5's Fletcher-32 checksum per chunk, verified on read; a damaged
+block is a :class:`StoreError` naming the checkpoint and layer (stores written before checksums
+were added are read without the check). A new store is built as ``<path>.partial`` and renamed, so a
+file with the final name is never a half-created store. One writer at a time: a writer holds an
+exclusive lock on ``<path>.lock`` (with its pid); a second writer is refused with that pid.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -32,6 +39,46 @@ Rows = Union[None, slice, Sequence[int], np.ndarray]
 
 class StoreError(ValueError):
     """A file that is not a readable infoplane activation store, or a refused append."""
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _acquire_lock(path: Path):
+    """Exclusive, non-blocking lock on ``<path>.lock`` (released when the file object is closed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no cross-process lock
+        return None
+    lp = _lock_path(path)
+    fh = open(lp, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip() or "unknown"
+        fh.close()
+        raise StoreError(f"{str(path)!r} is in use by another process (pid {pid}) writing to it; wait for it "
+                         f"to finish, or write to another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def _open_error(path: Path, exc: OSError) -> StoreError:
+    msg = str(exc)
+    if "lock" in msg.lower():
+        return StoreError(f"{str(path)!r} is in use by another process writing to it (HDF5 file lock); wait for "
+                          "it to finish, or write to another --out")
+    size = path.stat().st_size if path.exists() else 0
+    if size < 2048:
+        return StoreError(f"{str(path)!r} is not an HDF5 file ({size} bytes: probably a store whose "
+                          f"creation was interrupted). Delete it (rm {str(path)!r}) and run `infoplane extract` again")
+    return StoreError(f"{str(path)!r} is not an HDF5 file (or is corrupt): {exc}; "
+                      "activation stores are written by `infoplane extract`")
 
 
 def _h5py():
@@ -88,16 +135,18 @@ class ActivationStore:
         if not self.path.exists():
             raise FileNotFoundError(f"activation store {str(self.path)!r} does not exist; "
                                     "create one with `infoplane extract`")
+        self._lock = _acquire_lock(self.path) if mode == "a" else None
         try:
             self._f = h5py.File(self.path, mode)
         except OSError as exc:
-            raise StoreError(f"{str(self.path)!r} is not an HDF5 file (or is corrupt): {exc}; "
-                             "activation stores are written by `infoplane extract`") from None
+            self._release()
+            raise _open_error(self.path, exc) from None
         fmt = self._f.attrs.get("format")
         if isinstance(fmt, bytes):
             fmt = fmt.decode()
         if fmt != FORMAT or "samples" not in self._f:
             self._f.close()
+            self._release()
             raise StoreError(f"{str(self.path)!r} is not an infoplane activation store (format "
                              f"{fmt!r}, expected {FORMAT!r}); create one with `infoplane extract`")
         self.mode = mode
@@ -122,7 +171,8 @@ class ActivationStore:
         if n == 0:
             raise ValueError("cannot create a store with zero samples")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
+        tmp = path.with_name(path.name + ".partial")
+        with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["provenance"] = _json(dict(provenance or {}))
             f.attrs["model"] = _json(dict(model))
@@ -130,19 +180,27 @@ class ActivationStore:
             f.attrs["split"] = str(split)
             f.attrs["samples_complete"] = False
             g = f.create_group("samples")
-            g.create_dataset("index", data=index)
-            g.create_dataset("label", data=labels)
+            g.create_dataset("index", data=index, fletcher32=True)
+            g.create_dataset("label", data=labels, fletcher32=True)
             shape = tuple(int(s) for s in input_shape)
             dt = np.dtype(input_dtype)
             g.create_dataset("input", shape=(n, *shape), dtype=dt,
-                             chunks=_row_chunks(shape, dt.itemsize, n))
+                             chunks=_row_chunks(shape, dt.itemsize, n), fletcher32=True)
             f.create_group("checkpoints")
+        os.replace(tmp, path)
         return cls(path, "a")
 
     # ------------------------------------------------------------------ generic
     def close(self) -> None:
         if getattr(self, "_f", None) is not None and self._f.id.valid:
             self._f.close()
+        self._release()
+
+    def _release(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()  # closing the descriptor releases the flock
+            self._lock = None
 
     def __enter__(self) -> "ActivationStore":
         return self
@@ -183,18 +241,18 @@ class ActivationStore:
     # ------------------------------------------------------------------ samples
     def index(self) -> np.ndarray:
         """(N,) int64 dataset indices of the stored samples."""
-        return self._f["samples/index"][()]
+        return self._read_ds(self._f["samples/index"], None, "the sample index")
 
     def labels(self) -> np.ndarray:
         """(N,) int64 labels Y."""
-        return self._f["samples/label"][()]
+        return self._read_ds(self._f["samples/label"], None, "the labels")
 
     def inputs(self, rows: Rows = None) -> np.ndarray:
         """(N, ...) inputs X (or the chosen rows)."""
         if not self.samples_complete:
             raise StoreError(f"the inputs of {str(self.path)!r} were never fully written (interrupted "
                              "extract); re-run `infoplane extract` with the same arguments to finish it")
-        return self._read_ds(self._f["samples/input"], rows)
+        return self._read_ds(self._f["samples/input"], rows, "the stored inputs")
 
     def write_inputs(self, start: int, x: np.ndarray) -> None:
         """Write input rows ``[start, start + len(x))``."""
@@ -263,11 +321,15 @@ class ActivationStore:
 
     def read(self, ckpt: str, layer: str, rows: Rows = None) -> np.ndarray:
         """Activations (N, ...) of ``layer`` at checkpoint ``ckpt`` (rows: slice or index array)."""
-        return self._read_ds(self._layer_ds(ckpt, layer), rows)
+        return self._read_ds(self._layer_ds(ckpt, layer), rows, f"checkpoint {ckpt!r}, layer {layer!r}")
 
-    def _read_ds(self, ds, rows: Rows) -> np.ndarray:
+    def _read_ds(self, ds, rows: Rows, what: str = "") -> np.ndarray:
         sel, inverse = _normalize_rows(rows, ds.shape[0])
-        data = ds[sel]
+        try:
+            data = ds[sel]
+        except OSError as exc:
+            raise StoreError(f"{str(self.path)!r}: {what or ds.name} is damaged (checksum or read error: {exc}); "
+                             "re-extract that checkpoint into a new store") from None
         return data if inverse is None else data[inverse]
 
     def begin_checkpoint(self, ckpt: str, *, attrs: Mapping[str, Any]) -> int:
@@ -310,7 +372,7 @@ class ActivationStore:
                 raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
             row_shape = tuple(int(s) for s in z.shape[1:])
             ds = g.create_dataset(layer, shape=(n, *row_shape), dtype=dt,
-                                  chunks=_row_chunks(row_shape, dt.itemsize, n))
+                                  chunks=_row_chunks(row_shape, dt.itemsize, n), fletcher32=True)
             ds.attrs["module_path"] = module_path if module_path is not None else layer
             ds.attrs["call_index"] = int(call_index)
             ds.attrs["original_shape"] = np.asarray(row_shape, dtype=np.int64)
