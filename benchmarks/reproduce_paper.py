@@ -75,7 +75,8 @@ def run_one(cfg: ReproConfig, dataset: str, model: str, regime: str, out: Path) 
     t0 = time.perf_counter()
     model_kwargs = {"width": cfg.mlp_width} if model == "mlp" else {}
     tc = trainers.TrainConfig(model=model, dataset=dataset, model_kwargs=model_kwargs, regime=regime,
-                              aux="linear", local_loss="ce", optimizer="adam", lr=cfg.lr, epochs=cfg.epochs_for(dataset),
+                              **({} if regime == "e2e" else {"aux": "linear", "local_loss": "ce"}),
+                              optimizer="adam", lr=cfg.lr, epochs=cfg.epochs_for(dataset),
                               subset=cfg.subset, test_subset=cfg.test_subset, seed=cfg.seed, device=cfg.device,
                               data_root=cfg.data_root, out=str(run_dir), overwrite=True, schedule="log",
                               num_checkpoints=cfg.num_checkpoints,

@@ -68,7 +68,8 @@ def run_demo(config: Optional[DemoConfig] = None, verbose: bool = True) -> Dict[
     paths: Dict[str, Path] = {}
     for regime in cfg.regimes:
         run_dir = out / "runs" / regime
-        ckpts = train(TrainConfig(model=cfg.model, dataset=cfg.dataset, regime=regime, aux="linear",
+        aux = {} if regime == "e2e" else {"aux": "linear"}  # e2e has no auxiliary heads: --aux is refused there
+        ckpts = train(TrainConfig(model=cfg.model, dataset=cfg.dataset, regime=regime, **aux,
                                   lr=cfg.lr, batch_size=cfg.train_batch_size,
                                   epochs=int(cfg.epochs), subset=cfg.subset, out=str(run_dir), seed=cfg.seed,
                                   overwrite=True, device="cpu", progress=cfg.progress))

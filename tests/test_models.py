@@ -8,6 +8,7 @@ from infoplane.models import LayeredNet, build_model, list_models, module_sizes,
 
 TINY = {
     "mlp": dict(width=8, depth=3),
+    "toy-linear": dict(width=8, depth=3),
     "lenet5": dict(channels=(2, 3), hidden=(8, 6)),
     "vgg11": dict(width=1 / 32),
     "vgg11_bn": dict(width=1 / 32),
@@ -21,6 +22,7 @@ TINY = {
 EXPECTED_NAMES = {
     "lenet5": ["conv1", "conv2", "fc1", "fc2", "out"],
     "mlp": ["fc1", "fc2", "fc3", "out"],
+    "toy-linear": ["w", "fc1", "fc2", "fc3", "out"],
     "vgg11": [f"conv{i}" for i in range(1, 9)] + ["out"],
     "vgg11_bn": [f"conv{i}" for i in range(1, 9)] + ["out"],
     "resnet18": ["stem"] + [f"block{i}" for i in range(1, 9)] + ["out"],

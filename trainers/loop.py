@@ -4,7 +4,9 @@
 (``trainers.regimes``) to train it epoch by epoch, evaluates train/test accuracy and CE loss
 after every epoch (in eval mode, through ``regime.predict``), and writes into ``config.out``:
 
-* ``config.json``  the configuration and what was resolved from it (device, epochs, milestones);
+* ``config.json``  the configuration as used (options the run does not read are left out, see
+  ``trainers.options``) and what was resolved from it (device, epochs, learning rate per epoch,
+  the preset and its source);
 * ``metrics.csv``  one row per epoch (epoch 0 = initialisation), rewritten atomically each epoch;
 * ``epoch_0000.pt`` (initialisation) and ``epoch_NNNN.pt`` on the checkpoint schedule
   (``every`` epoch, or a ``log``-spaced grid), written by ``infoplane.checkpoint.save_checkpoint``
@@ -30,7 +32,9 @@ from infoplane.checkpoint import checkpoint_filename, save_checkpoint
 from infoplane.data import dataset_info, dataset_labels, load_dataset, stratified_subset_indices
 from infoplane.models import build_model
 
+from .augment import crop_flip
 from .config import TrainConfig
+from .options import check_options, used_config
 from .regimes import Regime, get_regime
 
 _RUN_FILES = ("config.json", "metrics.csv")
@@ -179,8 +183,28 @@ def train(config: TrainConfig) -> List[Path]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
+def _lr_record(config: TrainConfig, regime: Regime, total: int) -> Dict[str, Any]:
+    """The learning-rate schedule as resolved for the record (per-stage for staged regimes)."""
+    stage = int(regime.schedule_epochs())
+    rec: Dict[str, Any] = {"schedule": config.lr_schedule, "warmup_epochs": config.warmup,
+                           "epochs_per_schedule": stage,
+                           "lr_per_epoch": [config.lr * config.lr_factor(e, stage) for e in range(1, stage + 1)]}
+    if config.lr_schedule == "step":
+        rec.update(milestones=config.resolved_milestones(stage), gamma=config.gamma)
+    return rec
+
+
+def _preset_record(config: TrainConfig) -> Optional[Dict[str, Any]]:
+    if config.preset is None:
+        return None
+    from .presets import get_preset
+
+    return get_preset(config.preset).describe()
+
+
 def _train(config: TrainConfig) -> List[Path]:
     config.validate()
+    check_options(config)
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     info = dataset_info(config.dataset)
@@ -207,9 +231,14 @@ def _train(config: TrainConfig) -> List[Path]:
     dataset_record = dict(info.as_dict(), train_size=len(train_ds), test_size=len(test_ds))
     if out is not None:
         resolved = {"device": str(device), "total_epochs": total, "checkpoint_epochs": sorted(save_at),
-                    "milestones": config.resolved_milestones(total), "model_kwargs": model_kwargs,
+                    "lr": _lr_record(config, regime, total), "model_kwargs": model_kwargs,
                     "regime": regime.describe(), "dataset": dataset_record}
-        _atomic_write_text(out / "config.json", json.dumps({"config": config.to_dict(), "resolved": resolved},
+        if config.lr_schedule == "step":
+            resolved["milestones"] = config.resolved_milestones(total)
+        preset = _preset_record(config)
+        if preset is not None:
+            resolved["preset"] = preset
+        _atomic_write_text(out / "config.json", json.dumps({"config": used_config(config), "resolved": resolved},
                                                            indent=2, default=str))
 
     rows: List[Dict[str, Any]] = []
@@ -244,6 +273,8 @@ def _train(config: TrainConfig) -> List[Path]:
         count = 0
         for x, y in tqdm(train_batches, desc=f"epoch {epoch}", leave=False, disable=disable):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if config.train_augment != "none":
+                x = crop_flip(x, config.train_crop_pad, flip=config.train_augment == "crop-flip")
             stats = regime.training_step(x, y)
             if "loss" not in stats:
                 raise ValueError(f"regime {config.regime!r}: training_step must return a dict with key 'loss'")

@@ -9,10 +9,11 @@ on first use of the registry, so adding a regime is: create ``trainers/regimes/<
 
     @register_regime("my-regime")
     class MyRegime(Regime):
+        options = ("temperature", "my_option")  # every option it reads (fields + regime_kwargs keys)
         def __init__(self, model, config, device):
             super().__init__(model, config, device)
             self.heads["fc1"] = ...           # auxiliary modules (saved under aux_state)
-            self.configure_optimizers()         # Adam lr 5e-4 + the paper's step schedule
+            self.configure_optimizers()         # the configured optimiser and lr schedule
         def training_step(self, x, y):
             loss = ...                          # no .backward() inside any forward()
             self.step(loss)                     # zero_grad, backward, optimiser step
@@ -21,7 +22,10 @@ on first use of the registry, so adding a regime is: create ``trainers/regimes/<
             return {"name": self.name, "my_option": self.config.regime_kwargs.get("my_option")}
 
 Options a regime needs beyond :class:`trainers.config.TrainConfig` come from
-``config.regime_kwargs`` (CLI: ``--regime-kwargs key=value``). Override ``predict`` when the
+``config.regime_kwargs`` (CLI: ``--regime-kwargs key=value``, or a flag of its own in
+``trainers.__main__``). ``options`` declares what the regime reads; ``options_for(config)`` may narrow
+it to the sub-mode (e.g. ``temperature`` only with a contrastive loss): ``train()`` and the CLI refuse
+any other regime option that is set (``trainers.options``). Override ``predict`` when the
 backbone's logits are not the prediction (e.g. a linear evaluation head), ``total_epochs`` /
 ``on_epoch_start`` for staged training (see ``layerwise.py``'s sequential regime), ``aux_state``
 for extra state. The loop (``trainers.loop``) does data, seeding, evaluation and checkpoints.

@@ -1,7 +1,7 @@
 """The :class:`Regime` base class every training regime derives from (see ``trainers.regimes``)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Iterable, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -9,25 +9,50 @@ from torch import nn
 from ..config import TrainConfig
 
 
-def make_optimizer(config: TrainConfig, params: Iterable, epochs: int
-                   ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
-    """Optimiser + step schedule of seed 000 F.1.1 for a run of ``epochs`` epochs.
+def make_optimizer(config: TrainConfig, params: Iterable, epochs: int, model: Optional[nn.Module] = None
+                   ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Optimiser + learning-rate schedule for a run (or stage) of ``epochs`` epochs.
 
-    Adam (or SGD with momentum) with ``config.lr`` and ``config.weight_decay``; the learning rate
-    is multiplied by ``config.gamma`` at ``config.resolved_milestones(epochs)`` (stepped per epoch).
+    Adam, or SGD with ``momentum`` (Nesterov if ``config.nesterov``), with ``config.lr`` and
+    ``config.weight_decay``; the schedule multiplies each group's learning rate by
+    ``config.lr_factor(e, epochs)`` in epoch e (step: x gamma after each milestone; cosine; linear
+    warm-up), stepped once per epoch by :meth:`Regime.on_epoch_end`. With
+    ``config.weight_decay_params`` only the parameters of ``model`` whose names start with one of
+    those prefixes are decayed (e.g. ``("w",)``: the penalty on W of Sakamoto & Sato 2024 eq. 9).
     """
     params = list(params)
     if params and not isinstance(params[0], dict):
-        params = [p for p in params if p.requires_grad]
-    if not params:
+        params = [{"params": [p for p in params if p.requires_grad]}]
+    groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in params]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
         raise ValueError("make_optimizer got no trainable parameters")
+    wd = float(config.weight_decay)
+    if config.weight_decay_params is not None and wd > 0:
+        if model is None:
+            raise ValueError("weight_decay_params needs the model to find the parameters by name")
+        prefixes = tuple(config.weight_decay_params)
+        names = [n for n, _ in model.named_parameters()]
+        unmatched = [p for p in prefixes if not any(n == p or n.startswith(p + ".") for n in names)]
+        if unmatched:
+            raise ValueError(f"weight_decay_params {unmatched} match no parameter of the model; "
+                             f"its parameters are {names}")
+        decayed = {id(p) for n, p in model.named_parameters()
+                   if any(n == q or n.startswith(q + ".") for q in prefixes)}
+        split = []
+        for g in groups:
+            on = [p for p in g["params"] if id(p) in decayed]
+            off = [p for p in g["params"] if id(p) not in decayed]
+            split += [dict(g, params=on, weight_decay=wd)] if on else []
+            split += [dict(g, params=off, weight_decay=0.0)] if off else []
+        groups = split
     if config.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=wd)
     else:
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=config.resolved_milestones(epochs),
-                                                 gamma=config.gamma)
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=bool(config.nesterov),
+                              weight_decay=wd)
+    n = int(epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda done: config.lr_factor(done + 1, n))
     return opt, sched
 
 
@@ -55,6 +80,10 @@ class Regime:
         under ``torch.no_grad()``.
     ``aux_state() -> dict | None`` and ``describe() -> dict``
         what goes into the checkpoint's ``aux_state`` and ``regime`` fields.
+    ``options`` / ``options_for(config)``
+        the regime options it reads (TrainConfig fields and ``regime_kwargs`` keys), narrowed
+        to the sub-mode of ``config``; a set option outside them is refused by ``train()`` and
+        the CLI (``trainers.options.check_options``) and left out of config.json.
 
     Helpers: ``parameters_groups()`` (default: backbone + heads), ``configure_optimizers(epochs)``
     (fills ``self.optimizers``/``self.schedulers`` with :func:`make_optimizer`), ``step(loss)``
@@ -62,6 +91,18 @@ class Regime:
     """
 
     name: ClassVar[str] = ""
+    #: The regime options it reads: TrainConfig fields (``temperature``, ...) and ``regime_kwargs``
+    #: keys (``modules``, ...). Anything else that is set is an error (``trainers.options``).
+    #: None: the regime declares none and validates its own ``regime_kwargs``.
+    options: ClassVar[Optional[Tuple[str, ...]]] = None
+    #: Why an option of :attr:`options` may not be read in some sub-mode (option -> "only with ..."),
+    #: for the error message; ``trainers.options.MODE_NOTES`` has the common ones.
+    option_notes: ClassVar[Dict[str, str]] = {}
+
+    @classmethod
+    def options_for(cls, config: TrainConfig) -> Optional[FrozenSet[str]]:
+        """The options read in ``config``'s sub-mode (default: all of :attr:`options`)."""
+        return None if cls.options is None else frozenset(cls.options)
 
     def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device) -> None:
         self.model = model
@@ -81,9 +122,9 @@ class Regime:
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self, epochs: Optional[int] = None) -> None:
-        """One optimiser over :meth:`parameters_groups` with the paper's schedule."""
+        """One optimiser over :meth:`parameters_groups` with the configured schedule."""
         opt, sched = make_optimizer(self.config, self.parameters_groups(),
-                                    self.total_epochs() if epochs is None else epochs)
+                                    self.total_epochs() if epochs is None else epochs, model=self.model)
         self.optimizers, self.schedulers = [opt], [sched]
 
     def step(self, loss: torch.Tensor) -> None:
@@ -109,6 +150,10 @@ class Regime:
     # -- the loop's interface --------------------------------------------------------------
     def total_epochs(self) -> int:
         return int(self.config.epochs)
+
+    def schedule_epochs(self) -> int:
+        """Epochs one learning-rate schedule spans (staged regimes restart it every stage)."""
+        return self.total_epochs()
 
     def on_epoch_start(self, epoch: int) -> None:
         self.train()

@@ -1,19 +1,21 @@
-"""Greedy supervised learning with K local modules (greedy SL, seed 003 sec. 2, Table 1) and DGL.
+"""Greedy supervised learning with K local modules and DGL (Wang et al. 2021, "Revisiting Locally
+Supervised Learning: an Alternative to End-to-end Training", sec. 2, Table 1).
 
 The network is split into K gradient-isolated modules (:class:`trainers.local_modules.LocalModules`,
-seed 003 appendix F). Modules 1..K-1 are trained by the softmax cross-entropy of an auxiliary
+Wang et al. 2021 app. F). Modules 1..K-1 are trained by the softmax cross-entropy of an auxiliary
 classifier on their output h_k; the last module (which holds the output layer) by plain CE on the
 logits ("K = 1" is E2E training).
 
-* ``greedy``: auxiliary net = global average pool + one linear layer (seed 003 Table 1 caption).
+* ``greedy``: auxiliary net = global average pool + one linear layer (Table 1 caption).
 * ``dgl``: decoupled greedy learning (Belilovsky et al. 2020) with the 1-conv + 2-FC auxiliary
-  classifier of seed 003 Table 8 (:class:`ConvFCHead`).
+  classifier of Table 8 (:class:`trainers.heads.ConvFCHead`, width by input channels).
 
-Options (``config.regime_kwargs``; CLI ``--regime-kwargs modules=4 async=1``):
-``modules`` K (default 4), ``async`` (seed 003 sec. 4: module k trained alone for
-``epochs_per_module`` epochs on cached outputs of the frozen, completely trained modules < k;
-default: simultaneous training, every module's backward pass on every mini-batch),
-``epochs_per_module`` (async; default ``epochs // K``), ``cache_rows`` (async cache size).
+Options (``config.regime_kwargs``; CLI ``--modules K --async --epochs-per-module N``):
+``modules`` K (default 4), ``async`` (sec. 4: module k trained alone for ``epochs_per_module``
+epochs on cached outputs of the frozen, completely trained modules < k; default: simultaneous
+training, every module's backward pass on every mini-batch), ``epochs_per_module`` (async;
+default ``epochs_per_layer`` if set, else ``epochs // K``), ``cache_rows`` (async cache size). The
+async-only options are refused without ``async``.
 
 :class:`ModularRegime` is the shared base of greedy, dgl, infopro and contsup: subclasses add
 their auxiliary networks in :meth:`build_aux` and their loss in :meth:`local_loss`; ContSup also
@@ -21,12 +23,13 @@ overrides :meth:`module_input` (the context supply).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads import ConvFCHead
 from ..local_modules import ActivationCache, LocalModules
 from . import register_regime
 from .base import Regime, make_optimizer
@@ -51,7 +54,7 @@ def _flag(v: Any) -> bool:
 
 
 class PoolLinearHead(nn.Module):
-    """Global average pool + linear (seed 003 Table 1): (N,C,H,W) or (N,d) -> (N,out_dim)."""
+    """Global average pool + linear (Wang et al. 2021 Table 1): (N,C,H,W) or (N,d) -> (N,out_dim)."""
 
     def __init__(self, feature_shape: Sequence[int], out_dim: int) -> None:
         super().__init__()
@@ -65,40 +68,21 @@ class PoolLinearHead(nn.Module):
         return self.fc(h)
 
 
-class ConvFCHead(nn.Module):
-    """Seed 003 Table 8 (psi / phi; = seed 004 Table 6): one conv + two FC layers.
-
-    Feature maps of side >= 32: 3x3 conv stride 2 to 32 channels; side >= 16: stride 2 to 64;
-    smaller: stride 1 to 64; each + BatchNorm + ReLU; global average pool; FC -> ``hidden`` (128),
-    ReLU; FC -> ``out_dim`` (classes for psi, 128 for the contrastive phi). Flat features (MLP
-    layers) skip the conv: FC -> 128, ReLU, FC -> out_dim.
-    """
-
-    def __init__(self, feature_shape: Sequence[int], out_dim: int, hidden: int = 128) -> None:
-        super().__init__()
-        shape = tuple(int(s) for s in feature_shape)
-        if len(shape) == 3:
-            c, h, _ = shape
-            ch, stride = (32, 2) if h >= 32 else ((64, 2) if h >= 16 else (64, 1))
-            self.conv: Optional[nn.Module] = nn.Sequential(
-                nn.Conv2d(c, ch, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU())
-            d = ch
-        else:
-            self.conv = None
-            d = int(torch.Size(shape).numel())
-        self.fc = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, int(out_dim)))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.conv is not None:
-            h = self.conv(h).mean(dim=(2, 3))
-        return self.fc(h.flatten(1))
-
-
 class ModularRegime(Regime):
-    """K gradient-isolated modules, simultaneous or asynchronous (seed 003 sec. 4)."""
+    """K gradient-isolated modules, simultaneous or asynchronous (Wang et al. 2021 sec. 4)."""
 
     default_modules = 4
-    options: Tuple[str, ...] = ("modules", "async", "epochs_per_module", "cache_rows")
+    options: Tuple[str, ...] = ("modules", "async", "epochs_per_module", "cache_rows", "epochs_per_layer")
+    #: Options only read in asynchronous mode.
+    async_options = ("epochs_per_module", "cache_rows", "epochs_per_layer")
+    option_notes = {name: "only with --async" for name in async_options}
+
+    @classmethod
+    def options_for(cls, config) -> FrozenSet[str]:
+        opts = set(cls.options)
+        if not _flag(config.regime_kwargs.get("async", False)):
+            opts -= set(cls.async_options)
+        return frozenset(opts)
 
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
@@ -140,7 +124,7 @@ class ModularRegime(Regime):
     # -- forward ------------------------------------------------------------------------------
     def module_loss(self, k: int, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if k == self.K - 1:
-            return F.cross_entropy(h, y)  # the last module: plain E2E loss (seed 003 sec. 4)
+            return F.cross_entropy(h, y)  # the last module: plain E2E loss (Wang et al. 2021 sec. 4)
         return self.local_loss(k, h, x, y)
 
     def run(self, x: torch.Tensor, y: Optional[torch.Tensor], start: int = 0, stop: Optional[int] = None,
@@ -149,7 +133,7 @@ class ModularRegime(Regime):
         """Modules ``start..stop-1`` with StopGrad between them; losses only when ``y`` is given.
 
         ``backward=True`` back-propagates each module's loss as soon as it is computed ("the
-        back-propagation process of all local modules is sequentially triggered", seed 003 sec. 4),
+        back-propagation process of all local modules is sequentially triggered", Wang et al. sec. 4),
         so only one module's graph is alive at a time; the returned losses are then detached.
         Returns (losses by module, last output, last module input)."""
         stop = self.K if stop is None else stop
@@ -172,6 +156,9 @@ class ModularRegime(Regime):
     def total_epochs(self) -> int:
         return self.epochs_per_module * self.K if self.async_mode else int(self.config.epochs)
 
+    def schedule_epochs(self) -> int:
+        return self.epochs_per_module if self.async_mode else self.total_epochs()
+
     def stage_of(self, epoch: int) -> int:
         return min((int(epoch) - 1) // self.epochs_per_module, self.K - 1)
 
@@ -189,7 +176,7 @@ class ModularRegime(Regime):
         for name, m in self.heads.items():
             m.requires_grad_(any(m is a for a in self.aux_of(k)))
         params = self.split.parameters_of(k) + [p for a in self.aux_of(k) for p in a.parameters()]
-        opt, sched = make_optimizer(self.config, params, self.epochs_per_module)
+        opt, sched = make_optimizer(self.config, params, self.epochs_per_module, model=self.model)
         self.optimizers, self.schedulers = [opt], [sched]
         self.cache = ActivationCache(self._prefix(k), self.cache_rows) if k > 0 else None
 
@@ -245,7 +232,7 @@ class ModularRegime(Regime):
 
 @register_regime("greedy")
 class GreedySL(ModularRegime):
-    """Greedy SL: CE of a global-pool + linear classifier after each module (seed 003 Table 1)."""
+    """Greedy SL: CE of a global-pool + linear classifier after each module (Wang et al. 2021 Table 1)."""
 
     def build_aux(self) -> None:
         for k in range(self.K - 1):
@@ -260,14 +247,14 @@ class GreedySL(ModularRegime):
 
 @register_regime("dgl")
 class DGL(GreedySL):
-    """Decoupled greedy learning: CE of a 1-conv + 2-FC classifier (seed 003 Table 8) per module."""
+    """Decoupled greedy learning: CE of a 1-conv + 2-FC classifier (Wang et al. 2021 Table 8) per module."""
 
     def build_aux(self) -> None:
         for k in range(self.K - 1):
             self.heads[f"aux_{k}"] = ConvFCHead(self.split.feature_shapes[k], self.num_classes)
 
     def describe(self) -> Dict[str, Any]:
-        return {**super().describe(), "aux": "conv+2fc (seed 003 Table 8)"}
+        return {**super().describe(), "aux": "conv+2fc (Wang et al. 2021 Table 8, width by channels)"}
 
 
 __all__ = ["check_options", "PoolLinearHead", "ConvFCHead", "ModularRegime", "GreedySL", "DGL"]

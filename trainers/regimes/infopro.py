@@ -1,4 +1,5 @@
-"""InfoPro: locally supervised learning with the information propagation loss (seed 003).
+"""InfoPro: locally supervised learning with the information propagation loss (Wang et al. 2021,
+"Revisiting Locally Supervised Learning: an Alternative to End-to-end Training").
 
 Module k < K-1 minimises the surrogate of eq. 5,
 
@@ -7,20 +8,22 @@ Module k < K-1 minimises the surrogate of eq. 5,
 R_w = binary cross-entropy of a decoder w reconstructing the input image in [0, 1] from h (sec. 3.3,
 decoder of Table 7: bilinear upsampling to the input size, 3x3 conv 12 + BN + ReLU, 3x3 conv to the
 input channels + sigmoid), and L_y either the softmax CE of psi (``infopro_loss=softmax``) or the
-contrastive loss eq. 4 on z = phi(h) (``contrast``, tau = 0.07, sec. 4); psi and phi are
-:class:`~trainers.regimes.greedy.ConvFCHead` (Table 8). lambda1/lambda2 change linearly from the
-1st to the (K-1)th module (sec. 4); the last module is trained by plain CE.
+contrastive loss eq. 4 on z = phi(h) (``contrast``, tau = 0.07, sec. 4), normalised per anchor as
+in the reference implementation (:func:`infopro_contrast_loss`); psi and phi are
+:class:`~trainers.heads.ConvFCHead` (Table 8). lambda1/lambda2 change linearly from the 1st to the
+(K-1)th module (sec. 4); the last module is trained by plain CE.
 
-Options (``config.regime_kwargs``): ``modules`` (K), ``infopro_loss`` (softmax|contrast, default
-contrast), ``lambda1``, ``lambda2`` (a number, or ``first,last`` for modules 1 and K-1; defaults
-below), ``tau`` (0.07), and ``async``/``epochs_per_module`` of :class:`ModularRegime`.
-The paper tunes lambda from {0, 0.1, 0.5, 1, 2, 5, 10, 20}; our defaults (lambda1 1 -> 0,
-lambda2 1 -> 1: reconstruction matters most in early modules) are a choice, not from the paper.
+Options (CLI ``--modules K --infopro-loss softmax|contrast --lambda1 FIRST [LAST] --lambda2 FIRST
+[LAST] --tau T``; ``regime_kwargs`` keys ``modules``, ``infopro_loss``, ``lambda1``, ``lambda2``,
+``tau``) and ``async``/``epochs_per_module`` of :class:`ModularRegime`; ``tau`` only with the
+contrastive loss. The paper tunes lambda from {0, 0.1, 0.5, 1, 2, 5, 10, 20}; the defaults are the
+values of the authors' ResNet-32 / CIFAR-10 commands for the chosen K (:data:`REFERENCE_LAMBDAS`;
+K = 4: lambda1 6 -> 1, lambda2 0 -> 2; other K use the K = 4 values).
 Inputs that are not images (e.g. 2-D toy data) are reconstructed with a linear output and MSE.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,35 +33,55 @@ from infoplane.data import dataset_info, denormalize
 from . import register_regime
 from .greedy import ConvFCHead, ModularRegime
 
-DEFAULT_LAMBDA1 = (1.0, 0.0)
-DEFAULT_LAMBDA2 = (1.0, 1.0)
+#: (lambda1, lambda2) as (module 1, module K-1) pairs from the authors' ResNet-32 / CIFAR-10 InfoPro
+#: commands (reference implementation of Wang et al. 2021, ``--ixx_1 --ixy_1 --ixx_2 --ixy_2``), by K.
+REFERENCE_LAMBDAS: Dict[int, Tuple[Tuple[float, float], Tuple[float, float]]] = {
+    2: ((5.0, 0.0), (1.0, 0.0)),
+    4: ((6.0, 1.0), (0.0, 2.0)),
+    8: ((5.0, 0.0), (0.0, 2.0)),
+    16: ((5.0, 0.2), (0.05, 0.5)),
+}
+DEFAULT_LAMBDA1, DEFAULT_LAMBDA2 = REFERENCE_LAMBDAS[4]
 INFOPRO_LOSSES = ("softmax", "contrast")
+CONTRAST_NORMALISATIONS = ("pairs", "anchor")
 
 
-def infopro_contrast_loss(z: torch.Tensor, y: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
-    """Eq. 4 of seed 003 on L2-normalised ``z`` (N, d) with labels ``y`` (N,).
+def infopro_contrast_loss(z: torch.Tensor, y: torch.Tensor, tau: float = 0.07,
+                          normalisation: str = "pairs") -> torch.Tensor:
+    """The contrastive loss of Wang et al. 2021 eq. 4 on L2-normalised ``z`` (N, d), labels ``y`` (N,).
 
-    ``-(1 / sum_{i!=j} 1[y_i=y_j]) sum_{i!=j, y_i=y_j} log( exp(z_i.z_j/tau) / sum_{k!=i} exp(z_i.z_k/tau) )``;
+    With l_ij = log( exp(z_i.z_j/tau) / sum_{k!=i} exp(z_i.z_k/tau) ) and P(i) = {j != i: y_j = y_i}:
+
+    * ``pairs`` (eq. 4 as printed): -(1 / sum_i |P(i)|) sum_i sum_{j in P(i)} l_ij;
+    * ``anchor`` (the authors' reference code, a SupCon loss with one view): -(1/N) sum_i
+      (1 / max(|P(i)|, 1)) sum_{j in P(i)} l_ij -- every anchor weighs the same, an anchor
+      without positives contributes 0.
+
     0 (with a gradient path) when no two samples share a label.
     """
     if z.dim() != 2 or y.shape[0] != z.shape[0]:
         raise ValueError(f"infopro_contrast_loss needs z (N, d) and y (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
     if not tau > 0:
         raise ValueError(f"temperature tau must be > 0, got {tau}")
+    if normalisation not in CONTRAST_NORMALISATIONS:
+        raise ValueError(f"normalisation={normalisation!r} is not one of {', '.join(CONTRAST_NORMALISATIONS)}")
     z = F.normalize(z, dim=1)
     n = z.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
     logits = (z @ z.t() / tau).masked_fill(eye, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     pos = (y[:, None] == y[None, :]) & ~eye
-    n_pos = pos.sum()
-    if int(n_pos) == 0:
+    n_pos = pos.sum(1)
+    if int(n_pos.sum()) == 0:
         return z.sum() * 0.0
-    return -torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum() / n_pos
+    per_anchor = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1)
+    if normalisation == "pairs":
+        return -per_anchor.sum() / n_pos.sum()
+    return -(per_anchor / n_pos.clamp_min(1)).mean()
 
 
 def interpolate_lambdas(value: Union[float, str, Sequence[float]], n: int) -> List[float]:
-    """Seed 003 sec. 4: lambda changes linearly from the 1st to the (K-1)th module.
+    """Wang et al. 2021 sec. 4: lambda changes linearly from the 1st to the (K-1)th module.
 
     ``value`` a number (constant), a pair (first, last) or the string ``"first,last"``; ``n`` = K-1."""
     if isinstance(value, str):
@@ -84,9 +107,10 @@ def interpolate_lambdas(value: Union[float, str, Sequence[float]], n: int) -> Li
 
 
 class Decoder(nn.Module):
-    """Decoder w of seed 003 Table 7: h (N, C, h, w) -> x_hat (N, C_in, H, W) in (0, 1).
+    """Decoder w of Wang et al. 2021 Table 7: h (N, C, h, w) -> x_hat (N, C_in, H, W) in (0, 1).
 
-    Bilinear interpolation to the input size, 3x3 conv to 12 channels + BN + ReLU, 3x3 conv to the
+    Bilinear interpolation to the input size (corners aligned, as in the reference code), 3x3 conv
+    to 12 channels + BN + ReLU, 3x3 conv to the
     input's channels + sigmoid. Flat features or non-image inputs: Linear(d, 256) + ReLU +
     Linear(256, prod(input_shape)) (+ sigmoid for images)."""
 
@@ -107,7 +131,7 @@ class Decoder(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.conv:
-            h = F.interpolate(h, size=self.input_shape[1:], mode="bilinear", align_corners=False)
+            h = F.interpolate(h, size=self.input_shape[1:], mode="bilinear", align_corners=True)
             out = self.net(h)
         else:
             out = self.net(h).view((h.shape[0],) + self.input_shape)
@@ -115,18 +139,31 @@ class Decoder(nn.Module):
 
 
 def reconstruction_loss(decoder: Decoder, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """R_w(x | h): mean per-pixel BCE for images in [0, 1] (sec. 3.3), MSE otherwise."""
+    """R_w(x | h): mean per-pixel BCE for images in [0, 1] (Wang et al. 2021 sec. 3.3), MSE otherwise."""
     out = decoder(h)
     if decoder.image:
         return F.binary_cross_entropy(out.float(), target.float())
     return F.mse_loss(out, target)
 
 
+def reference_lambdas(k: int) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """The authors' (lambda1, lambda2) (first, last) pairs for K = ``k`` modules (K = 4's for other K)."""
+    return REFERENCE_LAMBDAS.get(int(k), REFERENCE_LAMBDAS[4])
+
+
 @register_regime("infopro")
 class InfoPro(ModularRegime):
-    """Eq. 5 of seed 003 for modules 1..K-1, CE for the last; see the module docstring."""
+    """Eq. 5 of Wang et al. 2021 for modules 1..K-1, CE for the last; see the module docstring."""
 
     options = ModularRegime.options + ("infopro_loss", "lambda1", "lambda2", "tau")
+    option_notes = {**ModularRegime.option_notes, "tau": "only with --infopro-loss contrast"}
+
+    @classmethod
+    def options_for(cls, config) -> FrozenSet[str]:
+        opts = set(super().options_for(config))
+        if str(config.regime_kwargs.get("infopro_loss", "contrast")) != "contrast":
+            opts.discard("tau")
+        return frozenset(opts)
 
     def __init__(self, model: nn.Module, config, device) -> None:
         kw = config.regime_kwargs
@@ -136,7 +173,9 @@ class InfoPro(ModularRegime):
         self.tau = float(kw.get("tau", 0.07))
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
-        self._lambda_spec = (kw.get("lambda1", DEFAULT_LAMBDA1), kw.get("lambda2", DEFAULT_LAMBDA2))
+        ref1, ref2 = reference_lambdas(int(kw.get("modules", self.default_modules)))
+        self._lambda_spec = (kw.get("lambda1", ref1), kw.get("lambda2", ref2))
+        self._lambda_source = "given" if ("lambda1" in kw or "lambda2" in kw) else "reference command for K"
         self._info = None
         try:
             self._info = dataset_info(config.dataset)
@@ -170,7 +209,7 @@ class InfoPro(ModularRegime):
         out = self.heads[f"aux_{k}"](h)
         if self.infopro_loss == "softmax":
             return F.cross_entropy(out, y)
-        return infopro_contrast_loss(out, y, self.tau)
+        return infopro_contrast_loss(out, y, self.tau, normalisation="anchor")
 
     def local_loss(self, k: int, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = self.lambda2[k] * self.label_loss(k, h, y)
@@ -179,9 +218,13 @@ class InfoPro(ModularRegime):
         return loss
 
     def describe(self) -> Dict[str, Any]:
-        return {**super().describe(), "infopro_loss": self.infopro_loss, "lambda1": self.lambda1,
-                "lambda2": self.lambda2, "tau": self.tau,
-                "aux": "psi/phi conv+2fc (Table 8), decoder (Table 7)"}
+        d = {**super().describe(), "infopro_loss": self.infopro_loss, "lambda1": self.lambda1,
+             "lambda2": self.lambda2, "lambdas_from": self._lambda_source,
+             "aux": "psi/phi conv+2fc (Table 8, width by channels), decoder (Table 7)"}
+        if self.infopro_loss == "contrast":
+            d.update(tau=self.tau, contrast_normalisation="per anchor (reference code)")
+        return d
 
 
-__all__ = ["infopro_contrast_loss", "interpolate_lambdas", "Decoder", "reconstruction_loss", "InfoPro"]
+__all__ = ["REFERENCE_LAMBDAS", "infopro_contrast_loss", "interpolate_lambdas", "reference_lambdas", "Decoder",
+           "reconstruction_loss", "InfoPro"]

@@ -1,4 +1,4 @@
-"""Layer-wise training, simultaneous (seed 000 eq. 2) and sequential (B.1, F.4.3).
+"""Layer-wise training, simultaneous (Sakamoto & Sato 2024 eq. 2) and sequential (B.1, F.4.3).
 
 Each top-level layer f_l of the LayeredNet is trained by its own local loss on
 ``z_l = f_l(StopGrad(z_{l-1}))`` (``detach()``), so no gradient crosses a layer boundary. The
@@ -16,16 +16,21 @@ The output layer is trained by CE on its logits directly. With ``nhsic_lambda > 
 loss becomes eq. 11: L_l - lambda * nHSIC(T, z_l), T = the input X (``nhsic_target=input``) or
 the layer's own input z_{l-1} (``block-input``), on the mini-batch. Representations are
 average-pooled to <= ``aux_max_features`` (2048) features before heads and similarities (F.1.1).
+
+Options (``options_for``): ``local_loss``, ``aux``, ``aux_max_features``, ``nhsic_lambda`` always;
+``aux_hidden`` with mlp/mlp2 heads; ``proj_dim`` for supcon/sim heads; ``temperature`` and the view
+options for supcon; ``sp_topk`` for sp-hard; ``nhsic_target/sigma/eps`` when ``nhsic_lambda > 0``;
+``epochs_per_layer`` for the sequential regime.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .. import losses
-from ..augment import two_views
+from ..augment import ContrastiveViews, view_options
 from ..heads import make_head
 from . import register_regime
 from .base import Regime, make_optimizer
@@ -59,6 +64,28 @@ class LabelSignal(nn.Module):
 class _LayerwiseBase(Regime):
     """Shared machinery: auxiliary heads, batch preparation, the local loss of one layer."""
 
+    options = ("local_loss", "aux", "aux_hidden", "aux_max_features", "proj_dim", "temperature", "aug_views",
+               "aug_noise", "aug_crop_pad", "sp_topk", "nhsic_lambda", "nhsic_target", "nhsic_sigma", "nhsic_eps")
+
+    @classmethod
+    def options_for(cls, config) -> FrozenSet[str]:
+        opts = {"local_loss", "aux", "aux_max_features", "nhsic_lambda"}
+        try:
+            aux = resolve_aux(config.local_loss, config.aux)
+        except ValueError:
+            aux = config.aux
+        if aux in ("mlp", "mlp2"):
+            opts.add("aux_hidden")
+        if config.local_loss != "ce" and aux != "none":
+            opts.add("proj_dim")
+        if config.local_loss == "supcon":
+            opts |= {"temperature"} | view_options(config)
+        if config.local_loss == "sp-hard":
+            opts.add("sp_topk")
+        if float(config.nhsic_lambda) > 0:
+            opts |= {"nhsic_target", "nhsic_sigma", "nhsic_eps"}
+        return frozenset(opts & set(cls.options))
+
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
         self.layer_names: List[str] = [n for n, _ in model.named_children()]
@@ -76,6 +103,7 @@ class _LayerwiseBase(Regime):
         if self.local_loss.startswith("sp"):
             self.heads["label_signal"] = LabelSignal(self.num_classes, tuple(model.input_shape), config.seed)
         self.heads.to(self.device)
+        self.views = ContrastiveViews.from_config(config, model.input_shape) if self.local_loss == "supcon" else None
 
     def _feature_shapes(self) -> Dict[str, Tuple[int, ...]]:
         was_training = self.model.training
@@ -94,9 +122,8 @@ class _LayerwiseBase(Regime):
 
         supcon: 2N augmented views (labels repeated); sp: [x; S_0(y)] (the signal rows last).
         """
-        cfg = self.config
         if self.local_loss == "supcon":
-            return two_views(x, cfg.aug_noise, cfg.aug_crop_pad), torch.cat([y, y]), 2 * x.shape[0]
+            return self.views(x), torch.cat([y, y]), 2 * x.shape[0]
         if self.local_loss.startswith("sp"):
             return torch.cat([x, self.heads["label_signal"](y).to(x.dtype)]), y, x.shape[0]
         return x, y, x.shape[0]
@@ -132,8 +159,7 @@ class _LayerwiseBase(Regime):
         if self.aux_kind in ("mlp", "mlp2"):
             d["aux_hidden"] = cfg.aux_hidden
         if self.local_loss in ("supcon",):
-            d.update(temperature=cfg.temperature, proj_dim=cfg.proj_dim, aug_noise=cfg.aug_noise,
-                     aug_crop_pad=cfg.aug_crop_pad)
+            d.update(temperature=cfg.temperature, proj_dim=cfg.proj_dim, **self.views.describe())
         if self.local_loss == "sp-hard":
             d["sp_topk"] = cfg.sp_topk
         if cfg.nhsic_lambda > 0:
@@ -169,7 +195,13 @@ class LayerwiseSequential(_LayerwiseBase):
     """B.1 / F.4.3: layer k is trained alone for ``epochs_per_layer`` epochs on top of the
     frozen (``requires_grad=False``, eval mode) layers 1..k-1; then layer k+1, and so on.
     ``epochs_per_layer=None`` splits ``epochs`` evenly. Each stage gets a fresh optimiser
-    with the paper's schedule over the stage's epochs. Epochs are numbered globally."""
+    with the configured schedule over the stage's epochs. Epochs are numbered globally."""
+
+    options = _LayerwiseBase.options + ("epochs_per_layer",)
+
+    @classmethod
+    def options_for(cls, config) -> FrozenSet[str]:
+        return super().options_for(config) | {"epochs_per_layer"}
 
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
@@ -179,6 +211,9 @@ class LayerwiseSequential(_LayerwiseBase):
 
     def total_epochs(self) -> int:
         return self.epochs_per_layer * len(self.layer_names)
+
+    def schedule_epochs(self) -> int:
+        return self.epochs_per_layer
 
     def stage_of(self, epoch: int) -> int:
         return min((int(epoch) - 1) // self.epochs_per_layer, len(self.layer_names) - 1)
@@ -194,7 +229,7 @@ class LayerwiseSequential(_LayerwiseBase):
             params += list(self.heads[name].parameters())
         params = [p for p in params if p.requires_grad]
         if params:
-            opt, sched = make_optimizer(self.config, params, self.epochs_per_layer)
+            opt, sched = make_optimizer(self.config, params, self.epochs_per_layer, model=self.model)
             self.optimizers, self.schedulers = [opt], [sched]
         else:
             self.optimizers, self.schedulers = [], []
