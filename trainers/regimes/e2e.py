@@ -1,21 +1,25 @@
-"""End-to-end training (seed 000 eq. 1; F.4.1 for the contrastive losses).
+"""End-to-end training (Sakamoto & Sato 2024 eq. 1; F.4.1 for the contrastive losses).
 
 ``--loss ce``: cross-entropy on the network's logits, backpropagated through every layer.
 ``--loss supcon`` / ``--loss simclr``: the supervised contrastive loss (eq. 14, Khosla et al.
 2020) or the SimCLR NT-Xent loss on the L2-normalised network output of two augmented views
-(the output layer plays the projection head). Accuracy then comes from a linear evaluation
-head trained with CE on the detached, L2-normalised network output (its gradient never reaches the backbone).
+(the output layer plays the projection head; views: ``--aug-views``, see ``trainers.augment``).
+Accuracy then comes from a linear evaluation head trained with CE on the detached,
+L2-normalised network output (its gradient never reaches the backbone).
+
+Options: ``loss``; with a contrastive loss also ``temperature``, ``probe_lr``, ``aug_views`` and,
+for noise-shift views, ``aug_noise`` / ``aug_crop_pad``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, FrozenSet
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import losses
-from ..augment import two_views
+from ..augment import ContrastiveViews, view_options
 from . import register_regime
 from .base import Regime
 
@@ -24,12 +28,21 @@ from .base import Regime
 class EndToEnd(Regime):
     """Eq. 1: L_E2E = (1/m) sum_i l(f(x_i), y_i), one backward pass through the whole network."""
 
+    options = ("loss", "temperature", "probe_lr", "aug_views", "aug_noise", "aug_crop_pad")
+
+    @classmethod
+    def options_for(cls, config) -> FrozenSet[str]:
+        if config.loss == "ce":
+            return frozenset({"loss"})
+        return frozenset({"loss", "temperature", "probe_lr"} | view_options(config))
+
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
         self.loss_name = config.loss
         if self.loss_name != "ce":
             c = int(model.num_classes)
             self.heads["linear_eval"] = nn.Linear(c, c).to(self.device)
+            self.views = ContrastiveViews.from_config(config, model.input_shape)
         self.configure_optimizers()
 
     def parameters_groups(self):
@@ -47,7 +60,7 @@ class EndToEnd(Regime):
             self.step(loss)
             return {"loss": float(loss.detach())}
         n = x.shape[0]
-        out = self.model(two_views(x, cfg.aug_noise, cfg.aug_crop_pad))
+        out = self.model(self.views(x))
         if self.loss_name == "supcon":
             main = losses.supcon_loss(out, torch.cat([y, y]), cfg.temperature)
         else:
@@ -67,7 +80,7 @@ class EndToEnd(Regime):
     def describe(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"name": self.name, "loss": self.loss_name}
         if self.loss_name != "ce":
-            d.update(temperature=self.config.temperature, aug_noise=self.config.aug_noise,
-                     aug_crop_pad=self.config.aug_crop_pad, probe_lr=self.config.probe_lr,
-                     eval_head="linear on the detached, L2-normalised output")
+            d.update(temperature=self.config.temperature, probe_lr=self.config.probe_lr,
+                     eval_head="linear on the detached, L2-normalised output", **self.views.describe())
         return d
+
