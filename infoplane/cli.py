@@ -101,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--title", default=None)
 
     i = sub.add_parser("info", help="summarise a checkpoint or an activation store")
-    i.add_argument("file")
+    i.add_argument("file", nargs="+", help="a checkpoint (.pt), an activation store (.h5), or with --weights "
+                                           "several checkpoints or a run directory")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--weights", nargs="?", const="*", default=None, metavar="PARAM",
+                   help="singular values of weight matrices per checkpoint (e.g. --weights w.weight; "
+                        "globs allowed; default: every weight matrix)")
 
     sub.add_parser("estimators", help="list the registered estimators")
     sub.add_parser("models", help="list the registered architectures")
@@ -174,9 +178,16 @@ def _cmd_plot(a) -> int:
 
 
 def _cmd_info(a) -> int:
-    path = Path(a.file)
+    if a.weights is not None:
+        return _info_weights(a)
+    if len(a.file) != 1:
+        raise ValueError(f"info takes one file ({len(a.file)} given); several checkpoints only with --weights")
+    path = Path(a.file[0])
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory; pass a checkpoint (.pt) or a store (.h5) in it, or use "
+                         "--weights to read every checkpoint of a run directory")
     import h5py
 
     if h5py.is_hdf5(path):
@@ -208,6 +219,35 @@ def _cmd_info(a) -> int:
         for k, v in summ.items():
             print(f"  {k:<12} {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
     return 0
+
+
+def _info_weights(a) -> int:
+    from infoplane.checkpoint import list_checkpoints
+    from infoplane.weights import weight_spectra
+
+    files: List[Path] = []
+    for f in a.file:
+        p = Path(f)
+        if not p.exists():
+            raise FileNotFoundError(f"{str(p)!r} does not exist")
+        files += list(list_checkpoints(p)) if p.is_dir() else [p]
+    if not files:
+        raise ValueError(f"no checkpoints (epoch_*.pt) in {', '.join(a.file)}")
+    df = weight_spectra(files, None if a.weights == "*" else [a.weights])
+    if a.json:
+        print(df.to_json(orient="records", indent=2))
+        return 0
+    svals = [c for c in df.columns if c[:1] == "s" and c[1:].isdigit()]
+    with pd_options():
+        print(df[["epoch", "regime", "parameter", "shape", *svals, "s2_over_s1", "effective_rank"]]
+              .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def pd_options():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_rows", 1000, "display.max_columns", 30)
 
 
 def _cmd_estimators(_a) -> int:
