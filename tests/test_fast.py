@@ -106,21 +106,26 @@ def test_pivoted_cholesky_invariants():
 
 
 @pytest.mark.parametrize("tol", [1e-3, 1e-5, 1e-7])
-def test_lowrank_within_tolerance_and_error_estimate(tol):
+def test_lowrank_factor_lower_bound_and_rigorous_bound(tol):
+    """factorize(tolerance=t) alone stops at tr(E) <= t tr(K) (the coarse start of nhsic_full); its
+    value is a lower bound of the exact one and the returned bound is rigorous."""
     x, z, y = structured(600, seed=4)
     eps = 1e-5
     exact_xz = nhsic_factored(factorize(x), factorize(z), eps)[0]
     fy = factorize(y, kernel="label")
     exact_yz = nhsic_factored(fy, factorize(z), eps)[0]
     lx, lz = factorize(x, tolerance=tol), factorize(z, tolerance=tol)
-    assert lx.method == "lowrank" and lx.rel_error <= tol and lz.rel_error <= tol
+    assert lx.method == "lowrank" and lx.cholesky.rel_residual <= tol and lz.cholesky.rel_residual <= tol
     assert lx.rank < 600
     for (v, err), exact in ((nhsic_factored(lx, lz, eps), exact_xz), (nhsic_factored(fy, lz, eps), exact_yz)):
         actual = exact - v
-        bound = (lx.residual_trace + lz.residual_trace) / (eps * 600)
-        assert -1e-9 <= actual <= bound + 1e-9        # lower bound of exact, within the trace bound
-        assert err >= 0.3 * actual or actual < tol * exact
-        assert err <= bound + 1e-12
+        assert -1e-9 * exact <= actual <= err + 1e-9 * exact        # lower bound, within the rigorous bound
+        assert err <= (lx.residual_trace + lz.residual_trace) / (eps * 600) + 1e-12
+    # nhsic_full turns the tolerance into a relative error of the value
+    for other, kern, exact in ((x, "rbf", exact_xz), (y, "label", exact_yz)):
+        res = nhsic_full(z, other, kernel_other=kern, eps=eps, tolerance=max(tol, 1e-4))
+        assert -1e-9 * exact <= exact - res.value <= res.error_bound + 1e-9 * exact
+        assert res.error_bound <= max(tol, 1e-4) * res.value
 
 
 def test_lowrank_converges_to_exact_and_max_rank():
@@ -139,17 +144,17 @@ def test_lowrank_converges_to_exact_and_max_rank():
 
 def test_nhsic_full_reuses_other_factor():
     x, z, y = structured(150, seed=6)
-    v, err, fx = nhsic_full(z, x, kernel_other="rbf", eps=1e-5, sigma="paper", tolerance=None)
-    assert isinstance(fx, CenteredFactor)
-    v2, _, fx2 = nhsic_full(z, None, kernel_other="rbf", eps=1e-5, sigma="paper", tolerance=None,
-                            other_factor=fx)
-    assert fx2 is fx and v2 == pytest.approx(v, rel=1e-12)
+    res = nhsic_full(z, x, kernel_other="rbf", eps=1e-5, sigma="paper", tolerance=None)
+    assert isinstance(res.other_factor, CenteredFactor) and res.error_bound == 0.0
+    v, err, fx = res                                   # legacy unpacking
+    res2 = nhsic_full(z, None, kernel_other="rbf", eps=1e-5, sigma="paper", tolerance=None, other_factor=fx)
+    assert res2.other_factor is fx and res2.value == pytest.approx(v, rel=1e-12)
     assert rel(v, ref_nhsic(K.rbf_gram(z), K.rbf_gram(x))) < 1e-8
-    vy, ey, fy = nhsic_full(z, y, kernel_other="label", eps=1e-5, sigma="paper", tolerance=1e-8)
-    assert fy.method == "label"
-    gap = ref_nhsic(K.rbf_gram(z), K.label_gram(y)) - vy
-    assert -1e-9 <= gap <= 1e-8 / 1e-5             # RBF: |error| <= tolerance / eps per low-rank side
-    assert ey >= 0.3 * gap and rel(vy, vy + gap) < 1e-4
+    assert res.rank_z == res.z_factor.rank and res.rank_other == fx.rank
+    ry = nhsic_full(z, y, kernel_other="label", eps=1e-5, sigma="paper", tolerance=1e-3)
+    assert ry.other_factor.method == "label" and ry.rank_other <= 4
+    gap = ref_nhsic(K.rbf_gram(z), K.label_gram(y)) - ry.value
+    assert -1e-9 <= gap <= ry.error_bound + 1e-9 and ry.error_bound <= 1e-3 * ry.value
 
 
 # --------------------------------------------------------------------------- minibatch protocol

@@ -1,41 +1,47 @@
 """Low-rank factors of kernel Gram matrices by (block) pivoted Cholesky, without forming K.
 
 A pivoted Cholesky factor ``F`` (m, r) of a PSD Gram ``K`` satisfies ``K ~= F F^T`` with a PSD
-residual ``E = K - F F^T`` whose trace is known exactly at every step (it is the sum of the
-residual diagonal). For the RBF kernel the columns ``K[:, S]`` are evaluated from the data in
-``O(m d |S|)``; the whole factor costs ``O(m r (r + d))`` time and ``O(m r)`` memory.
+residual ``E = K - F F^T`` (so ``F F^T <= K`` in Loewner order) whose trace is known exactly at
+every step (the sum of the residual diagonal). For the RBF kernel the columns ``K[:, S]`` are
+evaluated from the data in ``O(m d |S|)``; a rank-r factor costs ``O(m r (r + d))`` time and
+``O(m r)`` memory.
 
-Stopping rule: ``tr(E) <= tolerance * tr(K)``. Why the trace: with ``g(t) = t / (t + eps m)``
-(operator monotone and concave, ``g(t) <= t / (eps m)``), the nHSIC of seed 000 eq. (F.1.2),
-``Tr[g(K~) g(L~)]``, changes by at most ``Tr g(H E H) <= tr(E) / (eps m)`` when ``K`` is replaced
-by ``F F^T`` (Rotfel'd's trace inequality for concave g; centring does not increase the trace of a
-PSD matrix), and the low-rank value is never above the exact one (``F F^T <= K`` in Loewner order).
-For the RBF kernel ``tr(K) = m``, so the absolute nHSIC error is ``<= tolerance / eps`` per side.
+Stopping rule: ``tr(E) <= residual`` (absolute) or ``tr(E) <= tolerance * tr(K)`` (relative);
+``infoplane.estimators.fast`` turns an accuracy on the nHSIC *value* into an absolute residual.
+
+Resuming: the factor keeps its residual diagonal and column oracle, so :func:`extend_cholesky`
+continues it to a smaller residual without recomputing the first r columns. Columns are appended
+in pivot order and never changed, so every prefix of a factor (and the factor it was extended
+from) is itself a pivoted Cholesky factor, with its residual trace in ``trace_history``.
 
 Pivot choice (deterministic, blocked for BLAS-3 speed): each round takes the ``block`` points with
-the largest residual diagonal as candidates, evaluates their kernel columns in one matrix product,
-and runs a greedy pivoted Cholesky on the candidates' residual block, accepting a candidate only
-while its residual is still at least ``accept`` times what it was before the round (so near
-duplicates in one block are not taken twice). Accepted columns are appended in pivot order, so any
-prefix of the factor is itself a pivoted Cholesky factor (used for the rank r/2 error estimate).
+the largest residual diagonal as candidates (stable sort: ties go to the lowest index), evaluates
+their kernel columns in one matrix product, and runs a greedy pivoted Cholesky on the candidates'
+residual block, accepting a candidate only while its residual is still at least ``accept`` times
+what it was before the round (so near duplicates in one block are not taken twice).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["CholeskyFactor", "pivoted_cholesky", "rbf_columns", "gram_columns"]
+__all__ = ["CholeskyFactor", "pivoted_cholesky", "extend_cholesky", "rbf_columns", "gram_columns"]
+
+Columns = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class CholeskyFactor:
-    """Result of :func:`pivoted_cholesky`.
+    """Result of :func:`pivoted_cholesky` / :func:`extend_cholesky`.
 
     factor: (m, r) with ``K ~= factor @ factor.T``; pivots: (r,) row indices in pivot order;
-    residual_trace: ``tr(K - F F^T)`` (exact up to rounding); trace: ``tr(K)``;
+    residual_trace: ``tr(E) = tr(K - F F^T)`` (exact up to rounding; 0 at full rank); trace: ``tr(K)``;
     trace_history: (r + 1,) residual trace after 0..r columns (so any prefix's residual is known).
+    residual_diag: (m,) ``diag(E)``; cols: ``idx (k,) -> K[:, idx] (m, k)``: the state needed to
+    resume (None on factors that cannot be extended). stalled: no further pivot was accepted although
+    ``tr(E) > 0`` (the residual is at rounding level).
     """
 
     factor: torch.Tensor
@@ -43,6 +49,15 @@ class CholeskyFactor:
     residual_trace: float
     trace: float
     trace_history: torch.Tensor
+    residual_diag: Optional[torch.Tensor] = field(default=None, repr=False)
+    cols: Optional[Columns] = field(default=None, repr=False)
+    block: int = 64
+    accept: float = 0.1
+    stalled: bool = False
+
+    @property
+    def m(self) -> int:
+        return int(self.factor.shape[0])
 
     @property
     def rank(self) -> int:
@@ -53,8 +68,19 @@ class CholeskyFactor:
         """``tr(E) / tr(K)``."""
         return self.residual_trace / self.trace if self.trace > 0 else 0.0
 
+    @property
+    def complete(self) -> bool:
+        """True when ``F F^T = K`` (full rank or zero residual): the factor is exact."""
+        return self.rank >= self.m or self.residual_trace <= 0.0
 
-def rbf_columns(x: torch.Tensor, sigma: float, squared: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    @property
+    def extendable(self) -> bool:
+        """True when :func:`extend_cholesky` can still add columns."""
+        return not self.complete and not self.stalled and self.cols is not None \
+            and self.residual_diag is not None
+
+
+def rbf_columns(x: torch.Tensor, sigma: float, squared: bool = True) -> Columns:
     """Return ``cols(idx) -> K[:, idx]`` (m, k) for the RBF kernel on flattened ``x`` (m, d).
 
     ``K_ij = exp(-D_ij / (2 sigma^2))`` with ``D = ||x_i - x_j||^2`` (``squared``) or ``||x_i - x_j||``.
@@ -64,7 +90,7 @@ def rbf_columns(x: torch.Tensor, sigma: float, squared: bool = True) -> Callable
 
     def cols(idx: torch.Tensor) -> torch.Tensor:
         xs = x[idx]
-        d2 = (sq[:, None] + sq[idx][None, :] - 2.0 * (x @ xs.T)).clamp_min_(0.0)
+        d2 = torch.addmm(sq[:, None] + sq[idx][None, :], x, xs.T, alpha=-2.0).clamp_min_(0.0)
         # exact zeros on the pivots' own entries (rounding could leave tiny positives)
         d2[idx, torch.arange(idx.numel(), device=x.device)] = 0.0
         dist = d2 if squared else d2.sqrt_()
@@ -73,7 +99,7 @@ def rbf_columns(x: torch.Tensor, sigma: float, squared: bool = True) -> Callable
     return cols
 
 
-def gram_columns(K: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def gram_columns(K: torch.Tensor) -> Columns:
     """``cols(idx) -> K[:, idx]`` for an explicit (m, m) Gram matrix."""
     return lambda idx: K[:, idx]
 
@@ -109,57 +135,104 @@ def _block_pivots(C: torch.Tensor, before: torch.Tensor, accept: float) -> tuple
     return idx.to(C.device), R
 
 
-def pivoted_cholesky(cols: Callable[[torch.Tensor], torch.Tensor], diag: torch.Tensor, *,
-                     tolerance: float, max_rank: Optional[int] = None, block: int = 64,
+def _target(trace: float, tolerance: Optional[float], residual: Optional[float], who: str) -> float:
+    """Absolute residual-trace target from ``tolerance`` (relative) and/or ``residual`` (absolute)."""
+    if tolerance is None and residual is None:
+        raise ValueError(f"{who}: pass tolerance (relative residual trace) or residual (absolute).")
+    target = float("inf")
+    if tolerance is not None:
+        if not (tolerance > 0):
+            raise ValueError(f"{who}: tolerance must be > 0, got {tolerance!r}.")
+        target = float(tolerance) * trace
+    if residual is not None:
+        if not (residual >= 0):
+            raise ValueError(f"{who}: residual must be >= 0, got {residual!r}.")
+        target = min(target, float(residual))
+    return target
+
+
+def pivoted_cholesky(cols: Columns, diag: torch.Tensor, *, tolerance: Optional[float] = None,
+                     residual: Optional[float] = None, max_rank: Optional[int] = None, block: int = 64,
                      accept: float = 0.1, progress: bool = False) -> CholeskyFactor:
     """Blocked greedy pivoted Cholesky of a PSD matrix given by columns and its diagonal.
 
     cols: ``idx (k,) -> K[:, idx] (m, k)``; diag: (m,) diagonal of K (dtype/device of the result).
-    Stops as soon as ``tr(E) <= tolerance * tr(K)`` (the factor is cut to the first column that
-    reaches it) or when ``max_rank`` columns are taken (default ``m``). Cost ``O(m r (r + d))``.
-    progress: tqdm bar counting columns (silent when not a terminal).
+    Stops as soon as ``tr(E) <= tolerance * tr(K)`` and/or ``tr(E) <= residual`` (the stricter of
+    the two; the factor is cut at the first column that reaches it), when ``max_rank`` columns are
+    taken (default ``m``), or at full rank. Cost ``O(m r (r + d))``. The result can be continued
+    with :func:`extend_cholesky`. progress: tqdm bar counting columns (silent when not a terminal).
     """
-    from tqdm.auto import tqdm
-
-    if not (tolerance > 0):
-        raise ValueError(f"pivoted_cholesky: tolerance must be > 0, got {tolerance!r}.")
     m = int(diag.shape[0])
-    max_rank = m if max_rank is None else int(max_rank)
-    if max_rank < 1:
-        raise ValueError(f"pivoted_cholesky: max_rank must be >= 1, got {max_rank}.")
-    max_rank = min(max_rank, m)
-    dtype, device = diag.dtype, diag.device
     res = diag.clone().clamp_min_(0.0)
     total = float(res.sum())
-    target = tolerance * total
-    L = torch.zeros((m, min(max_rank, max(block, 16))), dtype=dtype, device=device)
-    pivots: list[torch.Tensor] = []
-    history = [total]
-    r = 0
+    start = CholeskyFactor(factor=diag.new_zeros((m, 0)), pivots=torch.zeros(0, dtype=torch.long, device=diag.device),
+                           residual_trace=total, trace=total, trace_history=torch.tensor([total], dtype=torch.float64),
+                           residual_diag=res, cols=cols, block=int(block), accept=float(accept))
+    return _run(start, _target(total, tolerance, residual, "pivoted_cholesky"), max_rank, progress,
+                "pivoted_cholesky")
+
+
+def extend_cholesky(ch: CholeskyFactor, *, residual: Optional[float] = None, tolerance: Optional[float] = None,
+                    max_rank: Optional[int] = None, progress: bool = False) -> CholeskyFactor:
+    """Continue a pivoted Cholesky factor until ``tr(E) <= residual`` (and/or ``tolerance * tr(K)``).
+
+    Returns a new :class:`CholeskyFactor` whose first ``ch.rank`` columns are ``ch.factor``; ``ch``
+    is not modified. ``max_rank`` caps the total rank (default ``m``). Returns ``ch`` itself when it
+    already meets the target, is complete, stalled, or at ``max_rank``.
+    """
+    if ch.cols is None or ch.residual_diag is None:
+        raise ValueError("extend_cholesky: ch has no resume state (cols/residual_diag); "
+                         "factor again with pivoted_cholesky.")
+    return _run(ch, _target(ch.trace, tolerance, residual, "extend_cholesky"), max_rank, progress, "extend_cholesky")
+
+
+def _run(ch: CholeskyFactor, target: float, max_rank: Optional[int], progress: bool, who: str) -> CholeskyFactor:
+    from tqdm.auto import tqdm
+
+    m = ch.m
+    max_rank = m if max_rank is None else int(max_rank)
+    if max_rank < 1:
+        raise ValueError(f"{who}: max_rank must be >= 1, got {max_rank}.")
+    max_rank = min(max_rank, m)
+    r = ch.rank
+    if ch.residual_trace <= target or r >= max_rank or not ch.extendable:
+        return ch
+    cols, block, accept = ch.cols, ch.block, ch.accept
+    dtype, device = ch.residual_diag.dtype, ch.residual_diag.device
+    res = ch.residual_diag.clone()
+    cap = min(max_rank, max(r + block, 16))
+    L = torch.zeros((m, cap), dtype=dtype, device=device)
+    L[:, :r] = ch.factor
     taken = torch.zeros(m, dtype=torch.bool, device=device)
-    bar = tqdm(total=max_rank, desc="pivoted Cholesky", unit="col", disable=None if progress else True)
+    pivots: list[torch.Tensor] = [ch.pivots] if r else []
+    taken[ch.pivots] = True
+    history = [float(h) for h in ch.trace_history]
+    stalled = False
+    bar = tqdm(total=max_rank, initial=r, desc="pivoted Cholesky", unit="col", disable=None if progress else True)
     while r < max_rank and history[-1] > target:
         k = min(block, max_rank - r, m - r)
-        # stable sort: ties (e.g. the all-ones RBF diagonal) go to the lowest index on CPU and GPU alike
         cand = torch.sort(res.masked_fill(taken, -1.0), descending=True, stable=True).indices[:k]
         before = res[cand].clone()
         if float(before.max()) <= 0.0:
+            history[-1] = 0.0 if float(res.sum()) <= 0.0 else history[-1]
+            stalled = history[-1] > 0.0
             break
         G = cols(cand).to(dtype)                          # (m, k) kernel columns
         if r:
-            G = G - L[:, :r] @ L[cand, :r].T              # residual columns E[:, cand]
+            G = torch.addmm(G, L[:, :r], L[cand, :r].T, alpha=-1.0)   # residual columns E[:, cand]
         # greedy pivoted Cholesky of the (k, k) residual block C = E[cand, cand]: O(k^3)
         C = G[cand]
         C = 0.5 * (C + C.T)
         chosen, R = _block_pivots(C, before, accept)
         n_new = len(chosen)
         if n_new == 0:
+            stalled = True
             break
         # new columns W = E[:, chosen] R^-T (R R^T = C[chosen, chosen]): one triangular solve
         W = torch.linalg.solve_triangular(R, G[:, chosen].T, upper=False).T
         # residual trace after each new column; cut at the first that reaches the target
-        drops = torch.cumsum((W * W).sum(dim=0), 0)
-        hist_new = [history[-1] - float(v) for v in drops]
+        drops = torch.cumsum((W * W).sum(dim=0), 0).tolist()
+        hist_new = [history[-1] - v for v in drops]
         keep = n_new
         for j, h in enumerate(hist_new):
             if h <= target:
@@ -183,5 +256,6 @@ def pivoted_cholesky(cols: Callable[[torch.Tensor], torch.Tensor], diag: torch.T
         history[-1] = max(float(res.sum()), 0.0) if r < m else 0.0
     bar.close()
     piv = torch.cat(pivots) if pivots else torch.zeros(0, dtype=torch.long, device=device)
-    return CholeskyFactor(factor=L[:, :r].contiguous(), pivots=piv, residual_trace=max(history[-1], 0.0),
-                          trace=total, trace_history=torch.tensor(history, dtype=torch.float64))
+    factor = L[:, :r] if L.shape[1] == r else L[:, :r].clone()
+    return replace(ch, factor=factor, pivots=piv, residual_trace=max(history[-1], 0.0),
+                   trace_history=torch.tensor(history, dtype=torch.float64), residual_diag=res, stalled=stalled)
