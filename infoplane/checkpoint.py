@@ -14,6 +14,10 @@ str/int/float/bool/None and tensors), so ``torch.load(weights_only=True)`` opens
      "aux_state": dict | None,                         # auxiliary heads etc., never mixed into state_dict
      "extra": dict | None}
 
+``aux_state["inference"]`` (optional, plain types) says what besides the backbone computes the trained
+function (ContSup context paths, forward-forward normalisation, an evaluation head; weights in
+``aux_state["heads"]``); :meth:`Checkpoint.build_inference_model` rebuilds it (:mod:`infoplane.inference`).
+
 Files are written to ``path + ".partial"`` and renamed with ``os.replace``, so a file with the final
 name is always complete. A user's own architecture is rebuilt only from a factory the *user* passes
 (``"pkg.mod:fn"`` or a callable); nothing is imported because a checkpoint names it.
@@ -255,6 +259,27 @@ class Checkpoint:
         check_state_dict(model, self.state_dict, strict=strict, source=str(self.path))
         model.load_state_dict(self.state_dict, strict=strict)
         return model.to(device).eval()
+
+    def build_inference_model(self, factory: Optional[Factory] = None, device: Union[str, torch.device] = "cpu"
+                              ) -> nn.Module:
+        """The function the regime trained (eval mode, on ``device``): the backbone of
+        :meth:`build_model`, wrapped with what inference needs beyond it (ContSup context encoders,
+        forward-forward normalisation and label channel, a contrastive run's evaluation head), as
+        recorded in ``aux_state["inference"]`` (see :mod:`infoplane.inference`). Top-level layer names
+        are the backbone's."""
+        from .inference import build_inference_model
+
+        backbone = self.build_model(factory, device=device)
+        try:
+            return build_inference_model(backbone, self.regime, self.aux_state, source=str(self.path)).to(device)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+
+    def inference_spec(self) -> Dict[str, Any]:
+        """The inference record (``aux_state["inference"]`` or derived from an older regime record)."""
+        from .inference import inference_spec
+
+        return inference_spec(self.regime, self.aux_state, source=str(self.path))
 
     def summary(self) -> Dict[str, Any]:
         """Everything but the tensors (for printing / provenance)."""

@@ -228,10 +228,18 @@ class _Runner:
                 zs = batched.prepare_minibatch_side(z, kernel="rbf", batch_size=self.m, eps=self.eps,
                                                     sigma=self.cfg.sigma, squared=self.cfg.squared, device=self.device)
                 return protocol.nhsic_minibatch_result(zs, self._target_side(target))
-            fz = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
-                                tolerance=self.cfg.tolerance, device=self.device)
-            return protocol.nhsic_factor_result(fz, self._target_side(target), self.eps,
-                                                tolerance=self.cfg.tolerance)
+            key = ("z", id(reader), shuffled)
+            if key not in self._cache:  # one Z factor per layer, shared by both targets
+                for k in [k for k in self._cache if k[0] == "z"]:
+                    del self._cache[k]
+                self._cache[key] = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
+                                                  tolerance=self.cfg.tolerance, device=self.device)
+            fz, ft = self._cache[key], self._target_side(target)
+            if self.cfg.tolerance is not None:
+                ref = fast.refine_nhsic(fz, ft, eps=self.eps, tolerance=self.cfg.tolerance)
+                fz, ft = ref.z_factor, ref.other_factor
+                self._cache[key], self._cache[("side", target)] = fz, ft   # keep the extended factors
+            return protocol.nhsic_factor_result(fz, ft, self.eps)
         t = self._target_data(target)
         try:
             return assess(z, t, self.spec, protocol=self.protocol, batch_size=self.m, sigma=self.cfg.sigma,

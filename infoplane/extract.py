@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
@@ -55,6 +56,34 @@ def select_samples(labels: Union[np.ndarray, torch.Tensor], samples: Union[None,
     return idx
 
 
+def _recorded_sizes(ck: Any) -> Dict[str, Any]:
+    """The train/test sizes the training loop recorded in the checkpoint's dataset record."""
+    ds = dict(getattr(ck, "dataset", None) or {})
+    return {k: ds[k] for k in ("train_size", "test_size") if k in ds}
+
+
+def metrics_samples(sizes: Dict[str, Any], seed: Optional[int], labels: np.ndarray, idx: np.ndarray,
+                    split: str) -> str:
+    """Whether the checkpoint's recorded ``<split>_acc`` was computed on exactly the extracted samples.
+
+    The training loop (``trainers.loop``) evaluates on the whole split or on the stratified subset
+    ``stratified_subset_indices(labels, <split>_size, seed)``; returns ``"same"``, ``"different"`` or
+    ``"unknown"`` (size not recorded)."""
+    size = sizes.get(f"{split}_size")
+    if size is None:
+        return "unknown"
+    size = int(size)
+    n_total = len(labels)
+    if size >= n_total:
+        expected = np.arange(n_total, dtype=np.int64)
+    else:
+        from infoplane.data import stratified_subset_indices
+
+        expected = np.asarray(stratified_subset_indices(labels, size, int(seed or 0)), dtype=np.int64)
+    same = len(expected) == len(idx) and np.array_equal(np.sort(expected), np.sort(np.asarray(idx)))
+    return "same" if same else "different"
+
+
 def _checkpoint_id(store: ActivationStore, path: Path, sha: str) -> str:
     existing = store.find_checkpoint(sha)
     if existing is not None:
@@ -71,7 +100,12 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
             progress: bool = True, command: Optional[str] = None) -> Path:
     """Extract activations of ``layers`` for every checkpoint into the store ``out``.
 
-    checkpoints: ``.pt`` files of format ``infoplane.checkpoint/1`` (same model and dataset).
+    checkpoints: ``.pt`` files of format ``infoplane.checkpoint/1`` (same model and dataset). Each is
+    rebuilt as the function its regime trained (:meth:`Checkpoint.build_inference_model`: ContSup
+    context paths, forward-forward normalisation and label channel, ...); the checkpoint group's
+    attributes record that ``inference`` record, the ``prediction_layer`` (``out``, or ``goodness`` /
+    ``linear_eval`` for forward-forward / contrastive E2E, stored when selected by name) and
+    ``metrics_samples`` (``same`` when the recorded accuracy was computed on exactly these samples).
     layers: ``"all"`` (a LayeredNet's top-level layers), names, or glob patterns (see ``hooks``).
     samples: None (the whole split), N (stratified seeded subset) or explicit dataset indices.
     dtype: ``float32`` or ``float16`` storage. Returns the store path.
@@ -110,8 +144,12 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
                 datasets[ds_name] = (ds, labels, idx)
             ds, labels, idx = datasets[ds_name]
             model_id = {"name": ck.model_name, "kwargs": ck.model_kwargs}
-            model = ck.build_model(model_factory, device=device) if model_factory else ck.build_model(device=device)
+            # the function the regime trained (context paths, FF normalisation, ...), not the bare backbone
+            model = ck.build_inference_model(model_factory, device=device)
             model.eval()
+            with warnings.catch_warnings():  # build_inference_model has warned already
+                warnings.simplefilter("ignore")
+                spec = ck.inference_spec()
             names = resolve_layers(model, layers)
 
             if store is None:
@@ -133,7 +171,9 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
             attrs = {"epoch": int(ck.epoch), "step": int(ck.step if ck.step is not None else -1),
                      "regime": dict(ck.regime or {}), "metrics": dict(ck.metrics or {}), "sha256": sha,
                      "model": ck.model_name, "run": ck_path.parent.name, "source": str(ck_path),
-                     "layers_spec": layers if isinstance(layers, str) else ",".join(layers), "dtype": dtype}
+                     "layers_spec": layers if isinstance(layers, str) else ",".join(layers), "dtype": dtype,
+                     "inference": spec, "prediction_layer": str(spec.get("prediction_layer", "out")),
+                     "metrics_samples": metrics_samples(_recorded_sizes(ck), ck.seed, labels, idx, split)}
             done = store.begin_checkpoint(cid, attrs=attrs)
             write_inputs = not store.samples_complete
             start = 0 if write_inputs else done
@@ -169,4 +209,4 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
     return out
 
 
-__all__ = ["extract", "select_samples", "StoreError"]
+__all__ = ["extract", "select_samples", "metrics_samples", "StoreError"]

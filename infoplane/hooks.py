@@ -3,13 +3,16 @@
 Layer names are the module paths of ``named_modules()`` (ARCHITECTURE.md, "Activation store").
 A module called more than once in one forward pass is recorded as ``name:1``, ``name:2``, ...
 Hooks store ``output.detach().clone()`` so that in-place operations downstream (``ReLU(inplace=True)``)
-cannot change what was saved.
+cannot change what was saved. Inside :func:`not_captured` the hooks record nothing: inference networks
+use it for auxiliary passes through the same layers (e.g. forward-forward's per-label goodness passes),
+so each layer is stored once, from the pass that defines its representation.
 """
 from __future__ import annotations
 
 import fnmatch
 from collections import OrderedDict
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
 import torch
@@ -18,6 +21,17 @@ from torch import nn
 LayerSpec = Union[str, Sequence[str]]
 
 _GLOB_CHARS = set("*?[")
+_SUSPENDED: ContextVar[bool] = ContextVar("infoplane_hooks_suspended", default=False)
+
+
+@contextmanager
+def not_captured() -> Iterator[None]:
+    """Within this block the hooks of :func:`capture` record nothing (auxiliary forward passes)."""
+    token = _SUSPENDED.set(True)
+    try:
+        yield
+    finally:
+        _SUSPENDED.reset(token)
 
 
 def default_layers(model: nn.Module) -> List[str]:
@@ -95,6 +109,8 @@ def capture(model: nn.Module, layers: LayerSpec = "all") -> Iterator[Dict[str, t
 
     def make_hook(name: str):
         def hook(_mod, _inp, out):
+            if _SUSPENDED.get():
+                return
             calls[name].append(_first_tensor(out).detach().clone())
         return hook
 

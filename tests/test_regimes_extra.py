@@ -1,4 +1,6 @@
-"""Tests of the K-module regimes (greedy, dgl, infopro, contsup), forward-gradient and forward-forward."""
+"""Tests of the K-module regimes (greedy, dgl, infopro, contsup), forward-gradient and forward-forward.
+
+Extraction of every regime's trained function is tested in test_inference.py."""
 from __future__ import annotations
 
 import math
@@ -48,8 +50,14 @@ def test_registered():
 def test_unknown_option_rejected():
     with pytest.raises(ValueError, match="unknown --regime-kwargs"):
         make("greedy", modules=2, modulez=3)
-    with pytest.raises(ValueError, match="context"):
-        make("contsup", modules=2, context="R2")
+    for bad in ("R0", "X3", "", "R2F", "E2"):
+        with pytest.raises(ValueError, match="context=.*allowed: E, R<n>, R<n>E"):
+            make("contsup", modules=2, context=bad)
+    for option, bad in (("ff_mode", "parallel"), ("ff_loss", "mean"), ("ff_norm", "l1"), ("ff_label", "x")):
+        with pytest.raises(ValueError, match=f"{option}=.*not one of"):
+            make("forward-forward", model="mlp", **{option: bad})
+    with pytest.raises(ValueError, match="unknown --regime-kwargs"):
+        make("forward-forward", model="mlp", ff_modes="sequential")
     with pytest.raises(ValueError, match="infopro_loss"):
         make("infopro", modules=2, infopro_loss="mse")
 
@@ -274,3 +282,203 @@ def test_contsup_net_hooks_see_backbone_layers(digits):
     assert torch.allclose(out, r.predict(x[:16]), atol=1e-6)
     plain = r.model(x[:16])
     assert not torch.allclose(plain, out, atol=1e-4)  # the context paths change the function
+
+
+# -- ContSup contexts (eq. 16) -------------------------------------------------------------------
+
+def test_context_names_parse_and_canonicalise():
+    from infoplane.inference.contsup import ALL, canonical_context, history_depth, parse_context
+
+    assert parse_context("E") == (True, 0) and parse_context("R1") == (False, 1)
+    assert parse_context("r1e") == (True, 1) and parse_context("R16") == (False, 16)
+    assert parse_context("RnE") == (True, ALL) and parse_context("Rn") == (False, ALL)
+    assert [canonical_context(c) for c in ("r1e", "rne", "R2", "e")] == ["R1E", "RnE", "R2", "E"]
+    assert history_depth("RnE", 4) == 3 and history_depth("R2", 8) == 2 and history_depth("E", 4) == 0
+
+
+@pytest.mark.parametrize("context,expected", [
+    ("R2E", {1: ["ctxE_1", "ctxR_1"], 2: ["ctxE_2", "ctxR_2", "ctxR2_2"], 3: ["ctxE_3", "ctxR_3", "ctxR2_3"]}),
+    ("RnE", {1: ["ctxE_1", "ctxR_1"], 2: ["ctxE_2", "ctxR_2", "ctxR2_2"],
+             3: ["ctxE_3", "ctxR_3", "ctxR2_3", "ctxR3_3"]}),
+    ("R4", {1: ["ctxR_1"], 2: ["ctxR_2", "ctxR2_2"], 3: ["ctxR_3", "ctxR2_3", "ctxR3_3"]}),
+    ("E", {1: ["ctxE_1"], 2: ["ctxE_2"], 3: ["ctxE_3"]}),
+])
+def test_context_encoders_of_each_module(context, expected):
+    from infoplane.inference.contsup import build_context_encoders
+
+    enc = build_context_encoders((1, 8, 8), [(4, 8, 8), (8, 4, 4), (8, 4, 4), (10,)], context)
+    got: dict = {}
+    for name in enc:
+        got.setdefault(int(name.rsplit("_", 1)[1]), []).append(name)
+    assert got == expected
+    # M_{R_i} of module k reads the input of module k-i: x for k = i, h_{k-i-1}'s shape otherwise
+    if "ctxR2_3" in enc:
+        assert enc["ctxR2_3"].in_shape == (4, 8, 8) and enc["ctxR2_3"].out_shape == (8, 4, 4)
+    if "ctxR2_2" in enc:
+        assert enc["ctxR2_2"].in_shape == (1, 8, 8)
+
+
+def test_contsup_net_computes_eq16(digits):
+    """ContSupNet's module inputs are h_{k-1} + M_E(x) + M_R1(in_{k-1}) + M_R2(in_{k-2}), by hand."""
+    x, _ = digits
+    r, _ = make("contsup", model="resnet32", modules=4, context="R2E")
+    r.eval()
+    from infoplane.inference.contsup import ContSupNet
+    net = ContSupNet(r.model, r.split.modules_names, r.heads, "R2E")
+    blocks, e = r.split.blocks, r.heads
+    with torch.no_grad():
+        ins = [x[:8]]
+        h = blocks[0](ins[0])
+        for k in range(1, 4):
+            inp = h + e[f"ctxE_{k}"](x[:8]) + e[f"ctxR_{k}"](ins[k - 1])
+            if k >= 2:
+                inp = inp + e[f"ctxR2_{k}"](ins[k - 2])
+            ins.append(inp)
+            h = blocks[k](inp)
+        assert torch.allclose(net(x[:8]), h, atol=1e-5)
+        assert torch.allclose(r.predict(x[:8]), h, atol=1e-5)
+
+
+def test_contsup_async_rn_caches_history(digits):
+    """Async R2E: module 2 trains on the cached [h_1, in_0, in_1] of the frozen modules 0 and 1."""
+    x, y = digits
+    r, _ = make("contsup", modules=3, context="R2E", epochs=3, **{"async": 1})
+    for epoch in (1, 2, 3):
+        r.on_epoch_start(epoch)
+        stats = r.training_step(x[:64], y[:64])
+        r.on_epoch_end(epoch)
+    assert r.stage == 2 and set(stats) == {"loss", "loss_m2"}
+    h, hist = r.cache(x[:64])
+    assert len(hist) == 2 and hist[0].shape == x[:64].shape
+    r.eval()
+    with torch.no_grad():
+        _, h_ref, hist_ref = r.run(x[:64], None, 0, 2)
+    assert torch.allclose(h, h_ref, atol=1e-5) and all(torch.allclose(a, b, atol=1e-5)
+                                                        for a, b in zip(hist, hist_ref))
+
+
+def test_contsup_tau_only_with_contrast():
+    from trainers.regimes.contsup import ContSup
+
+    soft = TrainConfig(regime="contsup", regime_kwargs={"context": "R2"})
+    con = TrainConfig(regime="contsup", regime_kwargs={"contsup_loss": "contrast"})
+    assert "tau" not in ContSup.options_for(soft) and "tau" in ContSup.options_for(con)
+    assert "context" in ContSup.options_for(soft)
+
+
+# -- forward-forward: normalisation, losses, sequential training, inference ----------------------------
+
+def test_ff_normalisations_and_losses():
+    from infoplane.inference.forward_forward import ff_normalize, mean_goodness
+    from trainers.regimes.forward_forward import ff_layer_loss, ff_reference_loss
+
+    z = torch.randn(5, 3, 4, 4) * 7
+    assert torch.allclose(ff_normalize(z, "l2").flatten(1).norm(dim=1), torch.ones(5), atol=1e-4)
+    assert torch.allclose(ff_normalize(z, "rms").flatten(1).pow(2).mean(1), torch.ones(5), atol=1e-4)
+    assert torch.allclose(ff_normalize(z, "rms"), ff_normalize(z, "l2") * math.sqrt(48), atol=1e-3)
+    with pytest.raises(ValueError, match="ff_norm"):
+        ff_normalize(z, "l1")
+    h = torch.randn(6, 20)
+    g = mean_goodness(h)
+    theta, d = 2.0, 20
+    ref = torch.cat([F.softplus(theta - g[:3]), F.softplus(g[3:] - theta)]).mean()
+    assert torch.allclose(ff_reference_loss(g[:3], g[3:], theta), ref)
+    # ours: the same margins d times sharper, softplus(d (theta - g))
+    ours = (F.softplus(d * (theta - g[:3])) + F.softplus(d * (g[3:] - theta))).mean()
+    assert torch.allclose(ff_layer_loss(d * g[:3], d * g[3:], theta * d), ours, atol=1e-5)
+
+
+def test_ff_label_embedding_is_per_sample():
+    from infoplane.inference.forward_forward import embed_neutral
+
+    x = torch.randn(12, 1, 8, 8)
+    y = torch.arange(12) % 10
+    assert torch.equal(embed_onehot(x[:5], y[:5], 10), embed_onehot(x, y, 10)[:5])  # no batch dependence
+    e = embed_onehot(x, y, 10).flatten(1)[:, :10]
+    assert torch.allclose(e.max(1).values, x.flatten(1).max(1).values)
+    n = embed_neutral(x, 10).flatten(1)[:, :10]
+    assert torch.allclose(n, x.flatten(1).max(1, keepdim=True).values.expand(-1, 10) / 10)
+
+
+def test_ff_sequential_trains_one_layer_at_a_time(digits):
+    x, y = digits
+    r, _ = make("forward-forward", model="mlp", lr=1e-2, epochs=3, ff_mode="sequential")
+    L = len(r.layers)
+    assert r.epochs_per_layer == 1 and r.total_epochs() == L
+    snap = lambda: [[p.detach().clone() for p in layer.parameters()] for _, layer in r.layers]  # noqa: E731
+    for epoch in (1, 2):
+        r.on_epoch_start(epoch)
+        before = snap()
+        stats = r.training_step(x, y)
+        after = snap()
+        changed = [any(not torch.equal(a, b) for a, b in zip(pb, pa)) for pb, pa in zip(before, after)]
+        assert changed == [i == epoch - 1 for i in range(L)]
+        assert set(stats) == {"loss", f"loss_{r.layer_names[epoch - 1]}", "stage"}
+        r.on_epoch_end(epoch)
+    assert not r.layers[0][1].training and r.layers[1][1].training  # frozen layers in eval mode
+    assert r.score_layers() == r.layer_names[:2] and r.describe()["stage_layer"] == r.layer_names[1]
+    with pytest.raises(ValueError, match="epochs_per_layer"):
+        r2 = TrainConfig(model="mlp", regime="forward-forward", epochs_per_layer=2,
+                         regime_kwargs={"ff_mode": "simultaneous"})
+        get_regime("forward-forward")(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, width=32),
+                                      r2, CPU)
+
+
+def test_ff_options_for_narrows_epochs_per_layer():
+    from trainers.regimes.forward_forward import ForwardForward
+
+    seq = TrainConfig(regime="forward-forward")
+    sim = TrainConfig(regime="forward-forward", regime_kwargs={"ff_mode": "simultaneous"})
+    assert "epochs_per_layer" in ForwardForward.options_for(seq)
+    assert "epochs_per_layer" not in ForwardForward.options_for(sim)
+    assert {"ff_label", "ff_mode", "ff_loss", "ff_norm", "threshold"} <= ForwardForward.options_for(sim)
+
+
+@pytest.mark.parametrize("label,mode", [("onehot", "simultaneous"), ("prototype", "sequential")])
+def test_ff_net_matches_regime_and_hooks_once(label, mode, digits):
+    """FFNet (what extraction builds) returns the regime's scores; hooks record each layer once, on
+    the normalised label-free path, and the scores as ``goodness``."""
+    from infoplane.hooks import capture
+    from infoplane.inference.forward_forward import FFNet, embed_neutral, ff_normalize
+
+    x, y = digits
+    r, _ = make("forward-forward", model="lenet5", lr=1e-2, ff_label=label, ff_mode=mode)
+    r.on_epoch_start(1)
+    for _ in range(3):
+        r.training_step(x, y)
+    r.eval()
+    net = FFNet(r.model, label=label, norm=r.ff_norm, score_layers=r.score_layers(),
+                prototypes=r.heads["prototypes"] if label == "prototype" else None).eval()
+    with torch.no_grad(), capture(net, "all,goodness") as acts:
+        s = net(x[:16])
+    assert list(acts) == r.model.layer_names + ["goodness"]
+    assert torch.allclose(s, r.predict(x[:16]), atol=1e-5) and torch.allclose(acts["goodness"], s)
+    with torch.no_grad():
+        start = x[:16] if label == "prototype" else embed_neutral(x[:16], 10)
+        first = r.model.conv1(ff_normalize(start, r.ff_norm))
+    assert torch.allclose(acts["conv1"], first, atol=1e-5)
+
+
+def test_not_captured_suspends_hooks():
+    from infoplane.hooks import capture, not_captured
+
+    m = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with capture(m, "0") as acts:
+        m(torch.randn(2, 3))
+        assert list(acts) == ["0"]
+        with not_captured():
+            m(torch.randn(2, 3))
+        assert acts == {}
+
+
+def test_inference_records_legacy_and_unknown():
+    from infoplane.inference import inference_spec
+
+    with pytest.warns(UserWarning, match="batch maximum"):
+        spec = inference_spec({"name": "forward-forward", "ff_label": "prototype"}, {"heads": {}})
+    assert spec["kind"] == "forward-forward" and spec["norm"] == "rms" and spec["label"] == "prototype"
+    assert inference_spec({"name": "e2e", "loss": "supcon"}, None)["kind"] == "linear-eval"
+    assert inference_spec({"name": "e2e", "loss": "ce"}, None) == {"kind": "backbone", "prediction_layer": "out"}
+    assert inference_spec({"name": "contsup", "modules": [["a"], ["b"]], "context": "r1e"}, None)["context"] == "R1E"
+    with pytest.raises(ValueError, match="kind 'mystery'.*upgrade"):
+        inference_spec({"name": "x"}, {"inference": {"kind": "mystery"}})

@@ -1,6 +1,7 @@
 """K gradient-isolated local modules of a layered network, and the cache of asynchronous training.
 
-Seed 003 sec. 2 / appendix F: the network is split into K successive local modules of (about) the
+Wang et al. 2021 (Revisiting Locally Supervised Learning: an Alternative to End-to-end Training),
+sec. 2 / appendix F: the network is split into K successive local modules of (about) the
 same number of basic layers (:func:`infoplane.models.split.split_into_modules`); module k is
 trained by its own local loss on ``StopGrad(h_{k-1})``. Sec. 4 "Two training modes": simultaneous
 (every module's backward pass per mini-batch) and asynchronous ("local modules are isolatedly
@@ -87,7 +88,7 @@ def row_keys(x: torch.Tensor) -> List[bytes]:
 class ActivationCache:
     """Cached outputs of the already-trained (frozen) earlier modules, keyed by input content.
 
-    Asynchronous training (seed 003 sec. 4): module k learns from the cached outputs of modules
+    Asynchronous training (Wang et al. 2021 sec. 4): module k learns from the cached outputs of modules
     < k. Rows are keyed by :func:`row_keys`, so shuffled mini-batches find their rows without
     dataset indices; an input never seen (e.g. a random augmentation) is computed by ``fn`` and
     stored while fewer than ``max_rows`` rows are held. Values are kept on CPU in float32.

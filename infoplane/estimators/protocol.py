@@ -241,7 +241,10 @@ def assess(x: Any, y: Any, estimator: Union[str, EstimatorSpec] = "nhsic", *, pr
                             dtype=dtype, num_classes=num_classes)
         fb = fast.factorize(y, kernel=ky, sigma=sy, squared=squared, tolerance=tolerance, device=dev,
                             dtype=dtype, num_classes=num_classes)
-        return nhsic_factor_result(fa, fb, eps, tolerance=tolerance)
+        if tolerance is not None:
+            ref = fast.refine_nhsic(fa, fb, eps=eps, tolerance=tolerance)
+            fa, fb = ref.z_factor, ref.other_factor
+        return nhsic_factor_result(fa, fb, eps)
     # any other kernel estimator: Gram matrices per batch (one batch for 'full')
     b = n if protocol == "full" else _check_batch_size(batch_size, n)
     if protocol == "minibatch":
@@ -280,9 +283,9 @@ def nhsic_minibatch_result(a: Any, b: Any, estimator: str = "nhsic") -> Dependen
     return res
 
 
-def nhsic_factor_result(fa: Any, fb: Any, eps: float, *, tolerance: Optional[float] = None,
-                        estimator: str = "nhsic") -> DependenceResult:
-    """Full-sample result from two centred factors (``fast.CenteredFactor``): value, bound, chance."""
+def nhsic_factor_result(fa: Any, fb: Any, eps: float, *, estimator: str = "nhsic") -> DependenceResult:
+    """Full-sample result from two centred factors (``fast.CenteredFactor``): value, rigorous error
+    bound (0 when both are exact), ranks and the chance level computed from the same factors."""
     from infoplane.estimators import fast
 
     out = fast.nhsic_factored(fa, fb.to(fa.U.device), eps=eps)

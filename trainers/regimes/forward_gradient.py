@@ -1,4 +1,6 @@
-"""E2E training with forward gradients, no backpropagation (seed 000 F.4.2; Baydin et al. 2022).
+"""E2E training with forward gradients, no backpropagation (Sakamoto & Sato, End-to-End Training
+Induces Information Bottleneck through Layer-Role Differentiation, app. F.4.2; Baydin et al. 2022,
+Gradients without Backpropagation).
 
 For the E2E loss f(theta) (softmax CE of the logits) and a random tangent v ~ N(0, I) over all
 parameters, forward-mode AD gives the directional derivative d = grad f(theta) . v in one forward
@@ -28,7 +30,7 @@ from .greedy import check_options
 def forward_gradient(model: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                      generator: Optional[torch.Generator] = None, directions: int = 1
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Forward gradient of ``loss_fn(model(x))`` w.r.t. the trainable parameters (seed 000 F.4.2).
+    """Forward gradient of ``loss_fn(model(x))`` w.r.t. the trainable parameters (Sakamoto & Sato app. F.4.2).
 
     Returns (loss, {parameter name: g}) with g = mean over ``directions`` tangents v of
     (grad f . v) v. Buffers (e.g. BatchNorm statistics) are not differentiated; BatchNorm running
@@ -76,7 +78,10 @@ def forward_gradient(model: nn.Module, loss_fn: Callable[[torch.Tensor], torch.T
 
 @register_regime("forward-gradient")
 class ForwardGradient(Regime):
-    """E2E CE loss, weights updated with forward gradients (no ``backward()``; seed 000 F.4.2)."""
+    """E2E CE loss, weights updated with forward gradients (no ``backward()``; Sakamoto & Sato app. F.4.2)."""
+
+    #: the only option it reads (``--loss`` is not: the loss is always CE)
+    options = ("directions",)
 
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
