@@ -130,7 +130,7 @@ def _cmd_extract(a) -> int:
         from infoplane.checkpoint import load_checkpoint
         from infoplane.hooks import default_layers, list_layers
 
-        model = load_checkpoint(a.checkpoints[0]).build_model(a.model_factory)
+        model = load_checkpoint(a.checkpoints[0]).build_inference_model(a.model_factory)
         chosen = set(default_layers(model))
         for name, kind in list_layers(model):
             print(f"{name:<40} {kind}{'   (all)' if name in chosen else ''}")

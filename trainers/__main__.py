@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -19,7 +18,6 @@ from .options import KWARG_FLAGS
 _D = TrainConfig()
 _S = argparse.SUPPRESS
 
-CONTEXT_RE = re.compile(r"^(R(\d+|n))?E?$", re.IGNORECASE)  # the spelling; the contsup regime checks the value
 
 
 def parse_kv(items: Optional[List[str]], flag: str) -> Dict[str, Any]:
@@ -51,10 +49,13 @@ def _h(text: str, name: Optional[str] = None, default: Optional[str] = None) -> 
 
 
 def _context(value: str) -> str:
-    v = str(value).strip()
-    if not CONTEXT_RE.match(v):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a context: use E, R<n>, R<n>E (n = 1..16), Rn or RnE")
-    return v
+    """One spelling rule for the CLI and the regime (``infoplane.inference.contsup.canonical_context``)."""
+    from infoplane.inference.contsup import canonical_context
+
+    try:
+        return canonical_context(str(value).strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--context {value!r}: {exc}") from None
 
 
 def _sigma(value: str) -> Any:
