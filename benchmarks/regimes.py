@@ -246,6 +246,14 @@ def main(argv: List[str] | None = None) -> int:
              f"Part A: LeNet5 (channels 6/16, hidden 64/32), {args.subset} training samples, "
              f"{args.epochs} epoch(s). Part B: ResNet-32 (width 4), {args.resnet_subset} training samples, "
              "1 epoch; K = 1 is E2E through the module machinery.", "",
+             "Every regime here runs one short budget with the same optimiser (Adam, lr 5e-4, the "
+             "`sakamoto2024` preset's setting) so that step time and memory compare like with like; the "
+             "accuracies are those of a short run, not of the papers. To repeat a paper's table use its "
+             "preset (`python -m trainers --preset NAME`, see docs/regimes.md): `sakamoto2024` (E2E vs "
+             "layer-wise; Sakamoto & Sato 2024, app. F.1.1), `wang2021-cifar` (greedy / DGL / InfoPro, ResNet-32 "
+             "on CIFAR-10, 160 epochs; Wang et al. 2021, app. F), `yu2023-cifar` (ContSup; Yu et al. 2023, app. "
+             "C), `sakamoto2024-toy` (the toy example of sec. 4.2). Forward-forward uses the reference loss and "
+             "L2 normalisation (Hinton 2022) and trains layers sequentially by default.", "",
              "| part | setting | test acc | step ms | ratio to E2E | peak MB |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['part']} | {r['setting']} | {r['test_acc']:.3f} | {r['step_ms']:.1f} | "
