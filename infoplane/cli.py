@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full", dest="protocol", action="store_const", const="full",
                    help="shorthand for --protocol full")
     s.add_argument("--batch-size", type=int, default=100,
-                   help="minibatch size m of the minibatch protocol (default: 100)")
+                   help="minibatch size m of the minibatch protocol (default: 100, the paper's protocol; on "
+                        "28x28 images 500-2000 with the adjusted column shows X-dependence far better, see README)")
     s.add_argument("--eps", type=float, default=1e-5, help="nHSIC regulariser (default: 1e-5, the paper's)")
     s.add_argument("--sigma", type=_sigma, default="paper",
                    help="RBF bandwidth: paper (5 sqrt(d)), median, or a number (default: paper)")
