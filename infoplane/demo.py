@@ -37,14 +37,19 @@ class DemoConfig:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """First / peak / last value per (regime, layer, target), from an estimates table."""
+    """First / peak / last value per (regime, layer, target), with the exact chance level and the
+    chance-adjusted value at the last epoch, from an estimates table."""
     rows = []
     for (regime, idx, layer, target), d in df.groupby(["regime", "layer_index", "layer", "target"]):
         d = d.sort_values("epoch")
         peak = d.loc[d["value"].idxmax()]
+        last = d.iloc[-1]
         rows.append({"regime": regime, "layer": f"{idx}:{layer}", "target": target,
                      "first": d["value"].iloc[0], "peak": peak["value"], "peak_epoch": int(peak["epoch"]),
-                     "last": d["value"].iloc[-1], "baseline": d["baseline"].mean()})
+                     "last": last["value"], "chance_last": last.get("null_mean", float("nan")),
+                     "z_last": last.get("z", float("nan")), "adjusted_first": d["adjusted"].iloc[0]
+                     if "adjusted" in d else float("nan"),
+                     "adjusted_last": last.get("adjusted", float("nan"))})
     return pd.DataFrame(rows)
 
 
@@ -90,7 +95,8 @@ def run_demo(config: Optional[DemoConfig] = None, verbose: bool = True) -> Dict[
     if verbose:
         print("\ntest accuracy (last epoch): " + ", ".join(f"{r} {a:.3f}" for r, a in acc.items()))
         with pd.option_context("display.width", 120, "display.max_rows", 200, "display.precision", 3):
-            print("\nnHSIC per layer (first / peak / last epoch; baseline = shuffled Z):")
+            print("\nnHSIC per layer (first / peak / last epoch; chance = exact null mean at the last epoch, "
+                  "z = (last - chance) / null sd, adjusted = (value - chance) / (max - chance)):")
             print(summary_table(df).to_string(index=False))
         print()
         for k, p in paths.items():
