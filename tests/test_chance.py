@@ -172,3 +172,22 @@ def test_result_object_prints_and_converts():
         infoplane.assess(z, y, protocol="minibatches")
     with pytest.raises(ValueError, match="tolerance applies"):
         infoplane.assess(z, y, protocol="minibatch", tolerance=1e-3)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(m=st.integers(6, 80), d=st.integers(1, 6), eps=st.sampled_from([1e-5, 1e-3, 1e-1]),
+       dep=st.sampled_from([0.0, 0.3, 3.0]), labels=st.booleans(), seed=st.integers(0, 10**6))
+def test_adjusted_lies_in_small_negative_to_one(m, d, eps, dep, labels, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(m, d))
+    z = dep * x + rng.normal(size=(m, d))
+    y = rng.integers(0, 3, m) if labels else x
+    res = infoplane.assess(z, y, eps=eps, sigma="median" if m > 10 else 1.0)
+    assert res.value <= res.max_value + 1e-9
+    if not math.isfinite(res.adjusted):
+        # undefined only when chance already reaches the bound (e.g. m <= d + 1: both resolvents ~ H)
+        assert res.max_value - res.null_mean <= 1e-9 * max(res.max_value, 1.0)
+        return
+    assert res.adjusted <= 1 + 1e-9
+    # below chance only by what the null's own spread allows
+    assert res.adjusted >= -6 * res.null_sd / (res.max_value - res.null_mean)

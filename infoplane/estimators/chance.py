@@ -15,6 +15,8 @@ Husson 2008, "Testing the significance of the RV coefficient"). With, for each m
   ``E[P B P^T] = t_B / (m - 1) H``, and ``Tr(A H) = t_A`` because A is doubly centred.)
 * variance: ``Var[T_P] = s^2 [ 2 ((m-1) t2_A - t_A^2)((m-1) t2_B - t_B^2) / ((m-1)^2 (m+1) (m-2))
   + u_A u_B / ((m+1) m (m-1) (m-2) (m-3)) ]`` with ``u = m (m+1) q - (m-1)(t^2 + 2 t2)``; m >= 4.
+  ``(m-1) t2 - t^2`` is evaluated as ``(m-1) sum_i (lambda_i - t/(m-1))^2`` over the m - 1
+  eigenvalues orthogonal to 1 (no cancellation when the spectrum is nearly flat).
 
 Chance-adjusted value (in the spirit of adjusted mutual information): by von Neumann's trace
 inequality ``T_P <= s sum_i lambda_i(A) lambda_i(B)`` (eigenvalues sorted in descending order) for
@@ -99,13 +101,31 @@ def null_moments(a: SpectralSummary, b: SpectralSummary, scale: float = 1.0) -> 
     if a.m < 4:
         var = torch.full_like(mean, math.nan)
     else:
-        first = 2.0 * ((n - 1) * t2a - ta ** 2) * ((n - 1) * t2b - tb ** 2) / ((n - 1) ** 2 * (n + 1) * (n - 2))
+        # (m-1) t2 - t^2 = (m-1)^2 var(lambda) over the m-1 eigenvalues orthogonal to 1: computed from
+        # the eigenvalues, since the difference of the two large terms cancels when the spectrum is flat
+        da = _spread(a, a.m)
+        db = _spread(b, a.m).to(da)
+        first = 2.0 * da * db / ((n + 1) * (n - 2))
         ua = n * (n + 1) * qa - (n - 1) * (ta ** 2 + 2 * t2a)
         ub = n * (n + 1) * qb - (n - 1) * (tb ** 2 + 2 * t2b)
         second = ua * ub / ((n + 1) * n * (n - 1) * (n - 2) * (n - 3))
         var = (scale ** 2) * (first + second)
         var = var.clamp_min(0.0)  # rounding can make an exactly-zero variance slightly negative
     return mean.cpu().numpy(), var.cpu().numpy()
+
+
+def _spread(s: SpectralSummary, m: int) -> torch.Tensor:
+    """``sum_i (lambda_i - mean)^2`` over the m - 1 eigenvalues of A orthogonal to 1, per batch.
+
+    ``eigenvalues`` holds either all m (the one of smallest magnitude, the 0 of the 1 direction, is
+    dropped) or only the k nonzero ones (the rest are zeros)."""
+    lam = s.eigenvalues.double()
+    if lam.shape[-1] >= m:
+        order = torch.argsort(lam.abs(), dim=-1, descending=True)
+        lam = torch.gather(lam, -1, order)[..., : m - 1]
+    k = lam.shape[-1]
+    mu = s.trace.double().to(lam.device)[..., None] / (m - 1)
+    return ((lam - mu) ** 2).sum(-1) + (m - 1 - k) * mu[..., 0] ** 2
 
 
 def upper_bound(a: SpectralSummary, b: SpectralSummary, scale: float = 1.0) -> np.ndarray:
