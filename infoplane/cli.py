@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, default=None,
                    help="full-sample nHSIC: low-rank factorisation whose error bound is at most this fraction of "
                         "the value, e.g. 1e-3 (default: exact)")
+    s.add_argument("--allow-incomplete", action="store_true",
+                   help="estimate the complete checkpoints of a store that also holds incomplete ones (they get a "
+                        "'skipped' status row); default: an error naming them")
     s.add_argument("--layers", default=None, help="comma list of stored layers (default all)")
     s.add_argument("--checkpoints", default=None, help="comma list of checkpoint ids (default all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the baseline shuffle")
@@ -157,7 +160,8 @@ def _cmd_estimate(a) -> int:
     cfg = EstimateConfig(estimator=a.estimator, protocol=a.protocol, batch_size=a.batch_size, eps=a.eps,
                          sigma=a.sigma, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
                          device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
-                         distance=a.distance, progress=not a.no_progress, num_threads=a.threads)
+                         distance=a.distance, progress=not a.no_progress, num_threads=a.threads,
+                         allow_incomplete=a.allow_incomplete)
     df = estimate_store(a.store, cfg)
     out = write_csv_atomic(df, a.out)
     print(f"wrote {out}: {len(df)} rows ({df['checkpoint'].nunique()} checkpoints x "

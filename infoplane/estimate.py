@@ -39,7 +39,10 @@ COLUMNS = ["run", "regime", "model", "dataset", "checkpoint", "epoch", "layer", 
            "estimator", "target", "value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted",
            "max_value", "baseline", "baseline_std", "error_bound", "rank_z", "rank_target", "protocol",
            "n_samples", "batch_size", "n_batches", "seconds", "eps", "sigma_rule", "distance", "seed",
-           "store"]
+           "store", "status"]
+
+#: ``status`` of a row with a value; any other status marks a row without one (and says why).
+OK = "ok"
 
 #: Above this many bytes a layer is read batch by batch instead of at once.
 _READ_ALL_BYTES = 512 * 1024 * 1024
@@ -63,7 +66,9 @@ class EstimateConfig:
     published E2E-info code). progress: show a progress bar. num_threads: CPU threads for torch
     while estimating; None = 1 for the minibatch protocol (its 100 x 100 matrices gain nothing from
     threads, and oversubscribed threads were measured 20x slower on a busy 2-core machine) and
-    torch's setting for ``full``.
+    torch's setting for ``full``. allow_incomplete: estimate the complete checkpoints of a store
+    that also holds incomplete ones (they get a ``status`` row saying so); by default that is an
+    error naming them.
     """
 
     estimator: str = "nhsic"
@@ -80,6 +85,7 @@ class EstimateConfig:
     distance: str = "squared"
     progress: bool = True
     num_threads: Optional[int] = None
+    allow_incomplete: bool = False
 
     @property
     def full(self) -> bool:
@@ -140,6 +146,19 @@ class _LayerReader:
         if self._all is not None:
             return self._all[idx]
         return self._store.read(self._ckpt, self._layer, rows=idx)
+
+
+def _non_finite(reader: "_LayerReader") -> int:
+    """Number of NaN/inf activations of a stored layer (read in row blocks when it is large)."""
+    if reader._all is not None:
+        return int(np.size(reader._all) - np.isfinite(reader._all).sum())
+    ds = reader._store._layer_ds(reader._ckpt, reader._layer)
+    step = max(1, (_READ_ALL_BYTES // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:])))))
+    bad = 0
+    for start in range(0, ds.shape[0], step):
+        block = reader._store.read(reader._ckpt, reader._layer, rows=slice(start, start + step))
+        bad += int(block.size - np.isfinite(block).sum())
+    return bad
 
 
 class _NotApplicable(Exception):
@@ -282,10 +301,20 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
 
     with ActivationStore(path) as store:
         ckpts = store.checkpoints()
+        incomplete = [c for c in store.checkpoints(include_incomplete=True) if c not in set(ckpts)]
+        if cfg.checkpoints is not None:
+            incomplete = [c for c in incomplete if c in set(cfg.checkpoints)]
+        if incomplete and not cfg.allow_incomplete:
+            raise ValueError(f"{str(path)!r} holds incomplete checkpoints ({', '.join(incomplete)}): their extraction "
+                             "was interrupted. Re-run `infoplane extract` with the same checkpoints and --out to finish "
+                             "them, or pass --allow-incomplete to estimate the complete ones only")
+        if incomplete:
+            log.warning("skipping incomplete checkpoints of %s: %s (re-run `infoplane extract` to finish them)",
+                        path, ", ".join(incomplete))
         if not ckpts:
             raise ValueError(f"{str(path)!r} has no complete checkpoint; run `infoplane extract` first")
         if cfg.checkpoints is not None:
-            missing = sorted(set(cfg.checkpoints) - set(ckpts))
+            missing = sorted(set(cfg.checkpoints) - set(ckpts) - set(incomplete))
             if missing:
                 raise ValueError(f"checkpoints {missing} are not in {str(path)!r}; stored: {', '.join(ckpts)}")
             ckpts = [c for c in ckpts if c in set(cfg.checkpoints)]
@@ -311,9 +340,28 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
         baseline = cfg.baseline if cfg.baseline is not None else runner.spec.null_prepare is None and not runner.fast
         bar = tqdm(jobs, desc=f"estimate {cfg.estimator}", unit="layer",
                    disable=None if cfg.progress else True)
+        def base_row(c: str, a: Dict[str, Any], name: str, i: int, target: str) -> Dict[str, Any]:
+            return {"run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")), "model": model,
+                    "dataset": dataset, "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name,
+                    "layer_index": i, "estimator": cfg.estimator, "target": target, "protocol": runner.protocol,
+                    "eps": runner.eps, "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed),
+                    "store": str(path)}
+
+        for c in incomplete:
+            a = store.checkpoint_attrs(c)
+            rows.append({**base_row(c, a, "", 0, ""), "value": math.nan,
+                         "status": f"skipped: incomplete ({int(a.get('rows_done', 0))} of {store.n_samples} rows)"})
         for c, name, i in bar:
             a = attrs_cache.setdefault(c, store.checkpoint_attrs(c))
             reader = _LayerReader(store, c, name)
+            n_bad = _non_finite(reader)
+            if n_bad:
+                log.warning("%s: checkpoint %r, layer %r has %d non-finite activation(s) (NaN/inf); its rows are "
+                            "marked and left without a value", path, c, name, n_bad)
+                for target in ("x", "y"):
+                    rows.append({**base_row(c, a, name, i, target), "value": math.nan,
+                                 "status": f"non-finite activations ({n_bad} values)"})
+                continue
             for target in ("x", "y"):
                 t0 = time.perf_counter()
                 try:
@@ -332,7 +380,8 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
                     "baseline": base.value if base is not None else math.nan,
                     "baseline_std": base.std if base is not None else math.nan,
                     "protocol": runner.protocol, "seconds": seconds, "eps": runner.eps,
-                    "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path)})
+                    "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path),
+                    "status": OK})
     extra_cols = sorted({k for r in rows for k in r} - set(COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS + extra_cols)
 

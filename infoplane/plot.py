@@ -20,12 +20,16 @@ reference line at 0 and the band ± 2 null_sd / (max_value - null_mean).
 """
 from __future__ import annotations
 
+import logging
+
 import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
@@ -67,6 +71,17 @@ def check_columns(df: pd.DataFrame) -> None:
         raise ValueError(f"estimates table lacks columns {missing}; it should come from `infoplane estimate`")
     if df.empty:
         raise ValueError("estimates table is empty; nothing to plot")
+
+
+def rows_with_values(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose ``status`` is "ok" (tables without the column: all); the others are logged by reason."""
+    if "status" not in df.columns:
+        return df
+    ok = df["status"].fillna("ok").astype(str) == "ok"
+    if not ok.all():
+        for reason, n in df.loc[~ok, "status"].astype(str).value_counts().items():
+            log.warning("%d row(s) without a value left out: %s", n, reason)
+    return df[ok]
 
 
 def _series_key(df: pd.DataFrame) -> pd.Series:
@@ -159,6 +174,8 @@ def _save(fig, out: PathLike) -> Path:
 
 
 def _prepare(df: pd.DataFrame, estimator: Optional[str], layers: Optional[Sequence[str]]):
+    check_columns(df)
+    df = rows_with_values(df)
     check_columns(df)
     ests = list(dict.fromkeys(df["estimator"].astype(str)))
     if estimator is None:

@@ -164,7 +164,9 @@ def _run_metrics(paths: Sequence[Path]) -> pd.DataFrame:
 
 
 def _normalise_estimates(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
+    from infoplane.plot import rows_with_values
+
+    df = rows_with_values(df).copy()
     for col in ("run", "regime", "std", "baseline", "baseline_std", "layer_index"):
         if col not in df.columns:
             df[col] = np.nan

@@ -131,3 +131,55 @@ def test_thread_setting_is_restored(store):
     estimate_store(store[0], EstimateConfig(progress=False, layers=["noise"], checkpoints=["epoch_0000"],
                                             num_threads=1))
     assert torch.get_num_threads() == before
+
+
+def _damaged_store(path, nan_layer=True, incomplete=True):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, N)
+    x = rng.normal(size=(N, 6)).astype(np.float32)
+    st = ActivationStore.create(path, index=np.arange(N), labels=y, input_shape=(6,),
+                                model={"name": "toy", "kwargs": {}}, dataset={"name": "toy", "num_classes": 3},
+                                split="test")
+    st.write_inputs(0, x)
+    st.mark_inputs_complete()
+    good = rng.normal(size=(N, 4)).astype(np.float32)
+    bad = good.copy()
+    bad[7, 1] = np.nan
+    bad[9, 0] = np.inf
+    st.begin_checkpoint("epoch_0001", attrs={"epoch": 1, "step": 1, "regime": {"name": "e2e"}, "sha256": "1"})
+    st.write_layer_rows("epoch_0001", "good", 0, good, order=0)
+    st.write_layer_rows("epoch_0001", "bad", 0, bad if nan_layer else good, order=1)
+    st.set_rows_done("epoch_0001", N)
+    st.finish_checkpoint("epoch_0001")
+    if incomplete:
+        st.begin_checkpoint("epoch_0002", attrs={"epoch": 2, "step": 2, "regime": {"name": "e2e"}, "sha256": "2"})
+        st.write_layer_rows("epoch_0002", "good", 0, good[:100], order=0)
+        st.set_rows_done("epoch_0002", 100)
+    st.close()
+
+
+def test_incomplete_checkpoints_are_refused_or_recorded(tmp_path, caplog):
+    path = tmp_path / "d.h5"
+    _damaged_store(path, nan_layer=False)
+    with pytest.raises(ValueError, match=r"incomplete checkpoints \(epoch_0002\).*--allow-incomplete"):
+        estimate_store(path, EstimateConfig(progress=False))
+    df = estimate_store(path, EstimateConfig(progress=False, allow_incomplete=True))
+    skipped = df[df.status != "ok"]
+    assert list(skipped.checkpoint) == ["epoch_0002"] and skipped.status.iloc[0] == "skipped: incomplete (100 of 250 rows)"
+    assert (df[df.status == "ok"].checkpoint == "epoch_0001").all() and "epoch_0002" in caplog.text
+
+
+def test_non_finite_activations_are_named_and_the_rest_estimated(tmp_path, caplog):
+    path = tmp_path / "d.h5"
+    _damaged_store(path, incomplete=False)
+    df = estimate_store(path, EstimateConfig(progress=False))
+    bad = df[df.layer == "bad"]
+    assert len(bad) == 2 and bad.value.isna().all() and (bad.status == "non-finite activations (2 values)").all()
+    good = df[df.layer == "good"]
+    assert len(good) == 2 and good.value.notna().all() and (good.status == "ok").all()
+    assert "'epoch_0001', layer 'bad' has 2 non-finite" in caplog.text
+    # plots and reports leave the marked rows out, and say so
+    from infoplane.plot import plot_information_plane
+    caplog.clear()
+    plot_information_plane(df, tmp_path / "p.png")
+    assert "non-finite activations" in caplog.text
