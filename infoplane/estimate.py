@@ -180,9 +180,9 @@ class _Runner:
         self.cfg = cfg
         self.spec = get_estimator(cfg.estimator)
         self.kind = self.spec.kind
-        self.device = torch.device(cfg.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {cfg.device}: CUDA was requested but is not available; use --device cpu")
+        from infoplane.device import resolve_device
+
+        self.device = resolve_device(cfg.device)
         n = store.n_samples
         self.protocol = "full" if (cfg.full or self.kind == "neural") else "minibatch"
         m = n if self.protocol == "full" else int(cfg.batch_size)

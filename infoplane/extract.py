@@ -110,6 +110,9 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
     samples: None (the whole split), N (stratified seeded subset) or explicit dataset indices.
     dtype: ``float32`` or ``float16`` storage. Returns the store path.
     """
+    from infoplane.device import resolve_device
+
+    device = resolve_device(device)
     from tqdm.auto import tqdm
 
     from infoplane.checkpoint import load_checkpoint

@@ -199,6 +199,10 @@ class ActivationStore:
     def _release(self) -> None:
         lock = getattr(self, "_lock", None)
         if lock is not None:
+            try:  # leave no lock file behind (HDF5's own file lock still guards the narrow race)
+                os.unlink(lock.name)
+            except OSError:
+                pass
             lock.close()  # closing the descriptor releases the flock
             self._lock = None
 

@@ -1,0 +1,30 @@
+"""--device is validated in one place, with one message."""
+import pytest
+import torch
+
+from infoplane.device import resolve_device
+
+
+def test_cpu_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="cuda requested but not available"):
+        resolve_device("cuda")
+
+
+def test_nonsense_is_a_clear_error():
+    with pytest.raises(ValueError, match="'nonsense' is not a device"):
+        resolve_device("nonsense")
+
+
+def test_cli_paths_use_it(tmp_path, capsys):
+    from infoplane.cli import main
+
+    # checked before any file is read
+    assert main(["extract", str(tmp_path / "x.pt"), "--device", "nonsense", "--out", str(tmp_path / "a.h5")]) == 2
+    assert "'nonsense' is not a device" in capsys.readouterr().err
