@@ -155,7 +155,9 @@ def _cmd_extract(a) -> int:
 
 
 def _cmd_estimate(a) -> int:
-    from infoplane.estimate import EstimateConfig, estimate_store, write_csv_atomic
+    from infoplane.estimate import EstimateConfig, check_csv_path, estimate_store, write_csv_atomic
+
+    check_csv_path(a.out)
 
     cfg = EstimateConfig(estimator=a.estimator, protocol=a.protocol, batch_size=a.batch_size, eps=a.eps,
                          sigma=a.sigma, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
@@ -170,8 +172,12 @@ def _cmd_estimate(a) -> int:
 
 
 def _cmd_plot(a) -> int:
-    from infoplane.plot import curves_path, load_estimates, plot_information_plane, plot_layer_curves
+    from infoplane.plot import (check_figure_path, curves_path, load_estimates, plot_information_plane,
+                                plot_layer_curves)
 
+    check_figure_path(a.out)
+    if a.curves:
+        check_figure_path(a.curves, "--curves")
     df = load_estimates(a.csv)
     layers = _names(a.layers)
     plane = plot_information_plane(df, a.out, estimator=a.estimator, layers=layers,

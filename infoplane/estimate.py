@@ -96,6 +96,11 @@ class EstimateConfig:
         return self.distance == "squared"
 
     def validate(self) -> None:
+        for name in ("layers", "checkpoints"):
+            sel = getattr(self, name)
+            if sel is not None and len(list(sel)) == 0:
+                raise ValueError(f"--{name} selects nothing (an empty list); name at least one, or leave the "
+                                 "option out for all")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.distance not in ("squared", "euclidean"):
@@ -118,9 +123,17 @@ class EstimateConfig:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
 
 
+def check_csv_path(path: PathLike, what: str = "--out") -> Path:
+    """A CSV path that is not a directory; raises ``ValueError`` naming the option otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a directory; pass a CSV file, e.g. {str(path / 'estimates.csv')!r}")
+    return path
+
+
 def write_csv_atomic(df: pd.DataFrame, path: PathLike) -> Path:
     """Write ``df`` to ``path`` via ``path.partial`` + ``os.replace`` (never a half-written CSV)."""
-    path = Path(path)
+    path = check_csv_path(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     try:

@@ -164,8 +164,22 @@ def _axis_label(lab: str, target: str, adjusted: bool) -> str:
     return f"{'adjusted ' if adjusted else ''}{lab}({target.upper()};Z)"
 
 
-def _save(fig, out: PathLike) -> Path:
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+def check_figure_path(out: PathLike, what: str = "--out") -> Path:
+    """A figure path with an image extension that is not a directory; raises ``ValueError`` otherwise."""
     out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{what} {str(out)!r} is a directory; pass a figure file, e.g. {str(out / 'plane.png')!r}")
+    if out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise ValueError(f"{what} {str(out)!r} has no figure extension; use one of "
+                         f"{', '.join(FIGURE_SUFFIXES)} (e.g. {str(out.with_suffix('.png'))!r})")
+    return out
+
+
+def _save(fig, out: PathLike) -> Path:
+    out = check_figure_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".partial" + out.suffix)
     fig.savefig(tmp, dpi=130, bbox_inches="tight")
