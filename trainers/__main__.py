@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help=_h("random seed", "seed"))
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="deterministic kernels (bit-identical CUDA runs)")
+    g.add_argument("--allow-nonfinite", action="store_const", const=True,
+                   help="keep training when the loss becomes NaN/inf (default: stop with a message)")
     g.add_argument("--device", help=_h("cpu, cuda, cuda:N or auto", "device"))
     g.add_argument("--schedule", choices=SCHEDULES, help=_h("checkpoint schedule", "schedule"))
     g.add_argument("--num-checkpoints", type=int, help=_h("checkpoints of --schedule log", "num_checkpoints"))

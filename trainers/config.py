@@ -122,6 +122,7 @@ class TrainConfig:
     # run
     seed: int = 0
     deterministic: bool = False
+    allow_nonfinite: bool = False
     device: str = "auto"
     out: Optional[str] = None
     overwrite: bool = False

@@ -14,6 +14,8 @@ after every epoch (in eval mode, through ``regime.predict``), and writes into ``
 """
 from __future__ import annotations
 
+import math
+
 import csv
 import json
 import os
@@ -172,6 +174,10 @@ def _model_kwargs(config: TrainConfig, info) -> Dict[str, Any]:
     return kw
 
 
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or inf (the run stops; earlier checkpoints are kept)."""
+
+
 def train(config: TrainConfig) -> List[Path]:
     """Run ``config`` and return the checkpoint paths written (empty when ``config.out`` is None)."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -278,6 +284,11 @@ def _train(config: TrainConfig) -> List[Path]:
             stats = regime.training_step(x, y)
             if "loss" not in stats:
                 raise ValueError(f"regime {config.regime!r}: training_step must return a dict with key 'loss'")
+            if not config.allow_nonfinite and not math.isfinite(float(stats["loss"])):
+                raise NonFiniteLossError(
+                    f"the training loss became {float(stats['loss'])} at epoch {epoch}, step {step + 1}; the "
+                    f"checkpoints before this epoch are kept in {str(config.out)!r}. Lower --lr (it is "
+                    f"{config.lr:g}) or check the data; --allow-nonfinite keeps training anyway")
             n = len(y)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
