@@ -31,3 +31,16 @@ def test_allow_nonfinite_keeps_training_and_records_it(tmp_path):
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     later = m.loc[m["epoch"] >= 1, "train_loss"]
     assert not any(math.isfinite(v) for v in later)       # the non-finite loss is on record, not hidden
+
+
+def test_ctrl_c_during_training_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    import trainers.loop as loop
+    from trainers.__main__ import main
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    code = main(["--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -261,6 +261,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        print(f"interrupted: the checkpoints written so far are complete and kept in {out!r} (a checkpoint file "
+              "is only ever renamed into place when whole)", file=sys.stderr)
+        return 130
     print(f"wrote {len(paths)} checkpoints to {config.out}")
     return 0
 
