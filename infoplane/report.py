@@ -14,7 +14,7 @@ estimators; else the shuffled-Z baseline b_t is the only chance reference).
   a_t = adjusted_t = (v_t - null_mean_t) / (max_value_t - null_mean_t) (0 = chance), noise terms
   divided by (max_value_t - null_mean_t); else "raw": a_t = v_t (older tables, no analytic null).
 * peak = max_t a_t, last = a_T, rise = peak - a_1, drop = peak - last, range = max - min.
-* noise = sqrt((s_peak^2 + s_last^2) / 2) on the scale (minibatch sd, seed 000 F.1.2; fallbacks,
+* noise = sqrt((s_peak^2 + s_last^2) / 2) on the scale (minibatch sd, Sakamoto & Sato 2024, app. F.1.2; fallbacks,
   ``noise_source``: the baseline's minibatch sd, then its sd over checkpoints).
 * compression = drop / noise (seed 000 sec. 4.1: "increase at first and subsequently decrease");
   margin = compression - threshold (> 0: past the boundary).
@@ -30,7 +30,7 @@ estimators; else the shuffled-Z baseline b_t is the only chance reference).
   trajectories (on their scale, common epochs, only layers with a verdict whose range >= threshold
   noise) is < 0.5; no when neither holds and every layer has a verdict; else (or with one layer)
   cannot tell.
-* IB signature of the last stored layer (seed 000 title and sec. 5): x_falls = X compresses,
+* IB signature of the last stored layer (Sakamoto & Sato 2024, title and sec. 5): x_falls = X compresses,
   y_holds = Y does not compress (each "cannot tell" when that verdict is); ib_signature =
   x_falls AND y_holds (a "no" in either decides "no").
 """
