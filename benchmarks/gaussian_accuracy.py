@@ -1,4 +1,4 @@
-"""Accuracy of nHSIC / HSIC on tasks with known truth (ESTIMATORS.md "Benchmark design").
+"""Accuracy of nHSIC / HSIC on tasks with known truth (docs/estimators.md "Benchmark design").
 
 Tasks: jointly Gaussian (Czyz et al. 2023 parameters: bivariate rho=0.75; "dense" d x d, every
 off-diagonal correlation 0.5; "2-pair", two canonical correlations 0.8; d in {2, 5, 25}) and label
@@ -36,7 +36,7 @@ from infoplane.kernels import center, label_gram, rbf_gram
 
 Task = Union[GaussianTask, LabelTask]
 RESULTS = Path(__file__).resolve().parent / "results"
-SIGMA_RULES = {"sqrt-d": 1.0, "paper": 5.0}  # sigma = factor * sqrt(d): 'paper' = 5 sqrt(d) (seed 000 app. F)
+SIGMA_RULES = {"sqrt-d": 1.0, "paper": 5.0}  # sigma = factor * sqrt(d): 'paper' = 5 sqrt(d) (Sakamoto & Sato 2024 app. F)
 
 
 @dataclass

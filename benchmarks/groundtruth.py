@@ -1,11 +1,11 @@
-"""Closed-form ground truth for the accuracy benchmark (ESTIMATORS.md "Ground truth").
+"""Closed-form ground truth for the accuracy benchmark (docs/estimators.md "Ground truth").
 
 Zero-mean jointly Gaussian (X, Y) with canonical correlations rho_i:
   Shannon MI ``I = -1/2 sum log(1 - rho_i^2)``; chi2-MI ``I_chi2 = prod 1/(1 - rho_i^2) - 1``.
 Population HSIC with RBF widths (sx, sy), joint covariance S, B = blockdiag(Sxx, Syy),
 A = diag(1/sx^2 on x, 1/sy^2 on y):
   ``HSIC = det(I + 2 S A)^-1/2 - 2 det(I + (S + B) A)^-1/2 + det(I + 2 B A)^-1/2``.
-Label tasks: balanced classes, Z | y ~ N(mu_y, s^2 I); HSIC(Y, Z) by Lemma 1 of seed 000 with
+Label tasks: balanced classes, Z | y ~ N(mu_y, s^2 I); HSIC(Y, Z) by Lemma 1 of Sakamoto & Sato 2024 with
 ``E k = (sig^2/(sig^2 + 2 s^2))^(d/2) exp(-||mu_a - mu_b||^2 / (2 (sig^2 + 2 s^2)))``;
 chi2-MI ``E_z[sum_y p(y|z)^2 / p(y)] - 1`` by Monte Carlo (integrand bounded by c).
 Task parameters follow Czyz et al. (NeurIPS 2023): bivariate rho = 0.75; "dense" (every off-diagonal

@@ -1,11 +1,11 @@
-"""Reproduce seed 000's LeNet5 (sec. 4.1) and Toy-MLP (app. F.4.4) experiments, scaled down.
+"""Reproduce Sakamoto & Sato's LeNet5 (sec. 4.1) and Toy-MLP (app. F.4.4) experiments, scaled down.
 
 E2E vs layer-wise training with linear auxiliary heads (Adam, lr 5e-4: F.1.1), on Fashion-MNIST
 (the Debian package files at /usr/share/datasets/fashion-mnist, through ``infoplane.data``) and on
 the embedded 8x8 digits. Each run: ``trainers.train`` -> ``infoplane.extract`` -> nHSIC estimates
 (``infoplane.estimate``, minibatch protocol of F.1.2) -> ``infoplane.report`` (planes, rise and
 fall, layer differentiation, IB signature, linear probes, reconstructions). Then every claim of
-seed 000 that these experiments can test is checked against the numbers, finding by finding, and
+Sakamoto & Sato 2024 that these experiments can test is checked against the numbers, finding by finding, and
 written to ``OUT/findings.md`` and appended to ``OUT/report.md``.
 
     python benchmarks/reproduce_paper.py --quick            # ~minutes on 2 CPU cores
@@ -107,7 +107,7 @@ def _f(v: float) -> str:
 
 
 def evaluate_claims(out: Path, runs: List[Dict[str, Any]], thr: float) -> List[Dict[str, str]]:
-    """Check seed 000's claims against the report tables in ``out``; one dict per finding."""
+    """Check Sakamoto & Sato's claims against the report tables in ``out``; one dict per finding."""
     dyn = pd.read_csv(out / "dynamics.csv")
     metrics = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").exists() else pd.DataFrame()
     probes = pd.read_csv(out / "probes.csv") if (out / "probes.csv").exists() else pd.DataFrame()
@@ -266,7 +266,7 @@ def evaluate_claims(out: Path, runs: List[Dict[str, Any]], thr: float) -> List[D
 
 def write_findings(out: Path, findings: List[Dict[str, str]], cfg: ReproConfig, runs: List[Dict[str, Any]],
                    seconds: float) -> Path:
-    lines = ["## Findings: seed 000's claims in this run", "",
+    lines = ["## Findings: Sakamoto & Sato's claims in this run", "",
              f"Scale: training subset {cfg.subset}, test subset {cfg.test_subset}, {cfg.epochs} epochs "
              f"(per dataset: {cfg.epochs_by_dataset}), "
              f"{cfg.eval_samples} evaluation samples (nHSIC minibatches of {cfg.batch_size}), seed {cfg.seed}, "
@@ -288,7 +288,7 @@ def write_findings(out: Path, findings: List[Dict[str, str]], cfg: ReproConfig, 
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     rep = out / "report.md"
-    body = rep.read_text(encoding="utf-8").split("\n\n## Findings: seed 000's claims in this run")[0]
+    body = rep.read_text(encoding="utf-8").split("\n\n## Findings: Sakamoto & Sato's claims in this run")[0]
     tmp = rep.with_name(rep.name + ".partial")
     tmp.write_text(body + "\n\n" + text, encoding="utf-8")
     os.replace(tmp, rep)
@@ -348,7 +348,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for reg in cfg.regimes:
                 print(f"== {ds} / {m} / {reg}", flush=True)
                 runs.append(run_one(cfg, ds, m, reg, out))
-    build_report([out / "runs"], out, title="Reproduction of seed 000 (LeNet5 sec. 4.1, Toy-MLP F.4.4), scaled down",
+    build_report([out / "runs"], out, title="Reproduction of Sakamoto & Sato 2024 (LeNet5 sec. 4.1, Toy-MLP F.4.4), scaled down",
                  threshold=cfg.threshold, reconstruct=6, decoder_epochs=10, probe=True, device=cfg.device,
                  seed=cfg.seed, progress=cfg.progress, max_samples=cfg.eval_samples)
     findings = evaluate_claims(out, runs, cfg.threshold)

@@ -1,7 +1,7 @@
 """Speed and accuracy of nHSIC at evaluation-set scale (issue 7).
 
 In one run, on the same data, for m in {1k, 2k, 5k, 10k, 20k}:
-- ``published``: the paper's algorithm (seed 000 F.1.2; HSIC-bottleneck/E2E-info code style):
+- ``published``: the paper's algorithm (Sakamoto & Sato 2024 F.1.2; HSIC-bottleneck/E2E-info code style):
   per-minibatch Python loop, float32, ``K H`` products and explicit ``torch.inverse``, b = 100,
   nHSIC(X;Z) and nHSIC(Y;Z) computed by two independent calls;
 - ``ours-minibatch``: the same protocol vectorised (``nhsic_minibatches_many``, float64), timed for
@@ -67,7 +67,7 @@ def _kernelmat_published(X: torch.Tensor, sigma: float, linear: bool = False) ->
 
 def _nhsic_published(x: torch.Tensor, y: torch.Tensor, sx: float, sy: float, linear_y: bool,
                      eps: float = 1e-5) -> float:
-    """Tr[KH (KH + eps m I)^-1 LH (LH + eps m I)^-1] with explicit inverses (seed 000 F.1.2)."""
+    """Tr[KH (KH + eps m I)^-1 LH (LH + eps m I)^-1] with explicit inverses (Sakamoto & Sato 2024 F.1.2)."""
     m = x.size(0)
     Kxc = _kernelmat_published(x, sx)
     Kyc = _kernelmat_published(y, sy, linear=linear_y)

@@ -1,4 +1,4 @@
-"""The paper's inequalities as functions (seed 000 appendix E.2; ESTIMATORS.md "Inequalities").
+"""The paper's inequalities as functions (Sakamoto & Sato 2024 appendix E.2; docs/estimators.md "Inequalities").
 
 Used by tests and as run-time sanity checks:
 

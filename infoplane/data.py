@@ -4,14 +4,14 @@ Every dataset yields ``(x, y)`` with ``x`` a normalised float32 tensor of shape 
 ``y`` an integer label. The normalisation is recorded in :class:`DatasetInfo` (``{"mean": [...],
 "std": [...]}``, per channel for images, per feature for vectors) so that checkpoints and stores can
 say what the network saw, and :func:`denormalize` maps inputs back to ``[0, 1]`` images for decoders
-(seed 003 sec. 3.3, appendix G).
+(Wang et al. 2021 sec. 3.3, appendix G).
 
 Names (see :func:`list_datasets`):
 
 * ``digits`` -- scikit-learn's 8x8 digits (1797 images, shipped with scikit-learn, no files needed);
   split stratified and deterministically into 1437 train / 360 test; pixels ``/16`` to ``[0, 1]``
   then normalised with the train split's mean/std; input shape ``(1, 8, 8)``.
-* ``toy-rings`` -- the toy data of seed 000 sec. 4.2 / Figure 4: class 1 at radius 3 with
+* ``toy-rings`` -- the toy data of Sakamoto & Sato 2024 sec. 4.2 / Figure 4: class 1 at radius 3 with
   ``theta ~ vonMises(0, 2)``, class -1 at radius 1 with ``theta ~ vonMises(pi, 2)``, plus a small
   isotropic Gaussian noise; labels are mapped to ``1 -> 1`` and ``-1 -> 0``; input shape ``(2,)``.
 * ``mnist``, ``fashion-mnist`` -- read from idx files (in memory); Fashion-MNIST is also found where
@@ -37,7 +37,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-# Toy rings (seed 000 Figure 4): sizes, the "small noise" and fixed generation seeds per split.
+# Toy rings (Sakamoto & Sato 2024 Figure 4): sizes, the "small noise" and fixed generation seeds per split.
 TOY_RINGS_SIZES = {"train": 2000, "test": 1000}
 TOY_RINGS_NOISE = 0.1
 TOY_RINGS_SEEDS = {"train": 0, "test": 1}
@@ -112,7 +112,7 @@ _STATIC_INFO: Dict[str, DatasetInfo] = {
                          {"mean": [0.4467, 0.4398, 0.4066], "std": [0.2603, 0.2566, 0.2713]},
                          "STL-10 labelled images (5000/8000)"),
     "toy-rings": DatasetInfo("toy-rings", 2, (2,), {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
-                             "seed 000 Fig. 4 toy data: r=3, theta~vM(0,2) (label 1) vs "
+                             "Sakamoto & Sato 2024 Fig. 4 toy data: r=3, theta~vM(0,2) (label 1) vs "
                              "r=1, theta~vM(pi,2) (label 0), small Gaussian noise", in_memory=True),
 }
 
@@ -189,7 +189,7 @@ def normalize(x: ArrayLike, info: DatasetInfo) -> torch.Tensor:
 def denormalize(x: ArrayLike, info: DatasetInfo, clamp: bool = True) -> torch.Tensor:
     """Inverse of the dataset normalisation: ``x * std + mean`` (clamped to ``[0, 1]`` for images).
 
-    Decoders reconstructing inputs (seed 003 appendix G) need images in ``[0, 1]``.
+    Decoders reconstructing inputs (Wang et al. 2021 appendix G) need images in ``[0, 1]``.
     """
     x = torch.as_tensor(x)
     x = x.float() if not torch.is_floating_point(x) else x
@@ -201,12 +201,12 @@ def denormalize(x: ArrayLike, info: DatasetInfo, clamp: bool = True) -> torch.Te
 
 
 # --------------------------------------------------------------------------------------------
-# the toy rings of seed 000 Figure 4
+# the toy rings of Sakamoto & Sato 2024 Figure 4
 # --------------------------------------------------------------------------------------------
 
 def make_toy_rings(n: int, noise: float = TOY_RINGS_NOISE, seed: int = 0,
                    kappa: float = 2.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sample the toy data of seed 000 sec. 4.2 / Figure 4.
+    """Sample the toy data of Sakamoto & Sato 2024 sec. 4.2 / Figure 4.
 
     Class ``y = 1``: ``x = 3 (cos t, sin t)``, ``t ~ vonMises(0, kappa)``; class ``y = -1`` (label 0
     here): ``x = 1 (cos t, sin t)``, ``t ~ vonMises(pi, kappa)``; then ``x += noise * N(0, I_2)``.

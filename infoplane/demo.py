@@ -1,7 +1,7 @@
-"""``infoplane demo``: the main paper's LeNet5 comparison (seed 000 sec. 4.1, Figure 3) in miniature.
+"""``infoplane demo``: the main paper's LeNet5 comparison (Sakamoto & Sato 2024 sec. 4.1, Figure 3) in miniature.
 
 Trains LeNet5 on the embedded ``digits`` data twice — end to end (E2E, cross-entropy) and
-layer-wise (each layer with its own linear auxiliary classifier, seed 000 sec. 2.1) — keeping a
+layer-wise (each layer with its own linear auxiliary classifier, Sakamoto & Sato 2024 sec. 2.1) — keeping a
 checkpoint per epoch; extracts every top-level layer on the test split; estimates nHSIC(X;Z) and
 nHSIC(Y;Z) with the paper's minibatch protocol (m = 100, eps = 1e-5, sigma = 5 sqrt(d)) and the
 shuffled baseline; and draws the information plane. A few minutes on 2 CPU cores.

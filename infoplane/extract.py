@@ -1,6 +1,6 @@
 """Run checkpoints over a fixed evaluation set and stream the chosen layers into an HDF5 store.
 
-ARCHITECTURE.md flow: checkpoints -> ``extract`` (forward hooks) -> activations.h5. The model is
+docs/formats_store.md flow: checkpoints -> ``extract`` (forward hooks) -> activations.h5. The model is
 put in ``eval()`` mode and run under ``torch.no_grad()`` batch by batch; each batch's activations
 are written straight to the store (never the whole dataset in memory). One store per run; calling
 ``extract`` again appends new checkpoints, skips those already complete (same sha256) and resumes

@@ -1,6 +1,6 @@
 """Choose layers of a network and capture their outputs with forward hooks.
 
-Layer names are the module paths of ``named_modules()`` (ARCHITECTURE.md, "Activation store").
+Layer names are the module paths of ``named_modules()`` (docs/formats_store.md, "Activation store").
 A module called more than once in one forward pass is recorded as ``name:1``, ``name:2``, ...
 Hooks store ``output.detach().clone()`` so that in-place operations downstream (``ReLU(inplace=True)``)
 cannot change what was saved. Inside :func:`not_captured` the hooks record nothing: inference networks

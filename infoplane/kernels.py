@@ -1,4 +1,4 @@
-"""Gram matrices, bandwidth rules and centring (ESTIMATORS.md, seed 000 appendix F.1.2).
+"""Gram matrices, bandwidth rules and centring (docs/estimators.md, Sakamoto & Sato 2024 appendix F.1.2).
 
 Notation: m samples; inputs of shape ``(m, ...)`` are flattened to ``(m, d)``.
 RBF kernel ``k(v, w) = exp(-||v - w||^2 / (2 sigma^2))`` (the standard, *squared* distance);
@@ -97,7 +97,7 @@ def flatten(x: ArrayLike, dtype: Optional[torch.dtype] = torch.float64,
 
 
 def sigma_paper(x: ArrayLike) -> float:
-    """Paper bandwidth rule ``sigma = 5 sqrt(d)`` (seed 000, appendix F), d = flattened dimension."""
+    """Paper bandwidth rule ``sigma = 5 sqrt(d)`` (Sakamoto & Sato 2024, appendix F), d = flattened dimension."""
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     if len(shape) == 0:
         raise ValueError("sigma_paper: got a scalar; pass samples of shape (m, ...).")

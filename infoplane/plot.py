@@ -1,4 +1,4 @@
-"""Information-plane figures from an estimates table (seed 000 Figures 3 and 6).
+"""Information-plane figures from an estimates table (Sakamoto & Sato 2024 Figures 3 and 6).
 
 ``plot_information_plane``: one panel per layer; x = estimator(X;Z), y = estimator(Y;Z); each
 checkpoint is a marker coloured by epoch (one colour map and marker per regime, as in the paper:
@@ -6,7 +6,7 @@ circles with a red colour map for E2E, inverted triangles with a blue-yellow one
 joined in epoch order; the shuffled-pairs baseline (same estimator, Z's rows shuffled) is drawn per epoch as grey markers on dashed lines.
 ``plot_layer_curves``: value against epoch per layer (one row per target), baseline dotted.
 Axis labels use the estimator's name (``nHSIC(X;Z)``), not I(.;.), because nHSIC is not a
-mutual information (ESTIMATORS.md).
+mutual information (docs/estimators.md).
 
 Chance level. Where the table has the permutation-null columns ``null_mean`` and ``null_sd``
 (kernel estimators, current ``infoplane estimate``), the chance band null_mean ± 2 null_sd is
@@ -213,7 +213,7 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
                            layers: Optional[Sequence[str]] = None, baseline: bool = True,
                            ncols: int = 3, title: Optional[str] = None, adjusted: bool = False,
                            chance: bool = True) -> Path:
-    """Information plane per layer (seed 000 Fig. 3/6): x = est(X;Z), y = est(Y;Z), colour = epoch.
+    """Information plane per layer (Sakamoto & Sato 2024 Fig. 3/6): x = est(X;Z), y = est(Y;Z), colour = epoch.
 
     df: the table of ``infoplane estimate`` (one or several runs/regimes). adjusted: plot the
     chance-adjusted column ``adjusted`` (0 = chance; ValueError if the table lacks it). chance:

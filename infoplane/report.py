@@ -1,6 +1,6 @@
 """A markdown report comparing training regimes from estimates, stores and checkpoints.
 
-``build_report(inputs, out)`` reads estimate tables (CSV of ARCHITECTURE.md), activation stores
+``build_report(inputs, out)`` reads estimate tables (CSV of docs/formats_store.md), activation stores
 (HDF5; accuracy from the checkpoint ``metrics`` attrs) and run directories (every ``*.csv``,
 ``*.h5`` inside), then writes ``out/report.md``, figures and the summary tables behind every number
 (``dynamics.csv``, ``differentiation.csv``, ``ib_signature.csv``, ``metrics.csv``, ``probes.csv``).
@@ -16,7 +16,7 @@ estimators; else the shuffled-Z baseline b_t is the only chance reference).
 * peak = max_t a_t, last = a_T, rise = peak - a_1, drop = peak - last, range = max - min.
 * noise = sqrt((s_peak^2 + s_last^2) / 2) on the scale (minibatch sd, Sakamoto & Sato 2024, app. F.1.2; fallbacks,
   ``noise_source``: the baseline's minibatch sd, then its sd over checkpoints).
-* compression = drop / noise (seed 000 sec. 4.1: "increase at first and subsequently decrease");
+* compression = drop / noise (Sakamoto & Sato 2024 sec. 4.1: "increase at first and subsequently decrease");
   margin = compression - threshold (> 0: past the boundary).
 * z_t = (v_t - null_mean_t) / null_sd_t (``chance_source`` "permutation null"); without null
   columns z_t = (a_t - b_t) / noise ("shuffled baseline"). z_peak, z_last at the peak and last
@@ -65,7 +65,7 @@ class ReportConfig:
     null sd above chance (z_peak < chance_z) gives no verdict ("cannot tell"). estimator: which estimator defines the
     information planes and dynamics (None: "nhsic" if present, else the first non-neural one).
     reconstruct: held-out reconstruction examples per layer from each store's last checkpoint
-    (seed 003 Fig. 7; 0 = off). probe: run linear probes per layer on each store's last checkpoint
+    (Wang et al. 2021 Fig. 7; 0 = off). probe: run linear probes per layer on each store's last checkpoint
     when the tables hold none. decoder_epochs / probe_epochs / max_samples: budgets of those runs.
     """
     threshold: float = 2.0
@@ -94,7 +94,7 @@ class ReportConfig:
 
 # ----------------------------------------------------------------------------- inputs
 def read_estimates(path: PathLike) -> pd.DataFrame:
-    """Read one estimates CSV and check it has the columns of ARCHITECTURE.md."""
+    """Read one estimates CSV and check it has the columns of docs/formats_store.md."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"estimates table {str(path)!r} does not exist")
@@ -718,9 +718,9 @@ tables).
 - **IB signature** of the last stored layer: `x_falls` = X compresses, `y_holds` = Y does not
   compress (each *cannot tell* when its verdict is); `ib_signature` = both (*no* if either is no).
 - **linear-probe**: held-out accuracy of a softmax-regression probe on the standardised layer
-  (seed 000 Fig. 1); train accuracy beside it. **decoder**: 1 − held-out per-pixel BCE of a decoder
-  reconstructing the [0,1]-scaled input (seed 003 app. G; a shifted lower bound on I(Z;X)).
-  **classifier**: H(Y) − held-out cross-entropy in nats (a lower bound on I(Z;Y), seed 003 sec. 3.3).
+  (Sakamoto & Sato 2024 Fig. 1); train accuracy beside it. **decoder**: 1 − held-out per-pixel BCE of a decoder
+  reconstructing the [0,1]-scaled input (Wang et al. 2021 app. G; a shifted lower bound on I(Z;X)).
+  **classifier**: H(Y) − held-out cross-entropy in nats (a lower bound on I(Z;Y), Wang et al. 2021 sec. 3.3).
 """
 
 
@@ -865,7 +865,7 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
                   " or pass stores).")
     for run, rec in recs.items():
         name = _fig_reconstructions(run, rec, out)
-        md += ["", f"Held-out reconstructions from each layer of `{run}` (epoch {rec['epoch']}; seed 003 Fig. 7 "
+        md += ["", f"Held-out reconstructions from each layer of `{run}` (epoch {rec['epoch']}; Wang et al. 2021 Fig. 7 "
                "style; top row: input):", "", f"![reconstructions]({name})"]
     md.append("")
     md.append(DEFINITIONS.format(thr=thr, cz=cz))

@@ -1,4 +1,4 @@
-"""The HDF5 activation store (ARCHITECTURE.md, "Activation store"; format ``infoplane.store/1``).
+"""The HDF5 activation store (docs/formats_store.md, "Activation store"; format ``infoplane.store/1``).
 
 Layout::
 

@@ -99,7 +99,7 @@ def test_independent_goes_to_zero(rng):
 ])
 def test_closed_form_population_hsic(task, sx, sy):
     """Unbiased HSIC at m=2000 within 3 standard errors (replicate spread / sqrt(R)) of the closed-form
-    population HSIC (ESTIMATORS.md). The biased estimator has an O(1/m) bias that exceeds 3 SE on the
+    population HSIC (docs/estimators.md). The biased estimator has an O(1/m) bias that exceeds 3 SE on the
     higher-dimensional tasks (measured: +5% on 2-pair 5x5), so it is held to its exact finite-m
     expectation (closed-form kernel moments, ``expected_biased_hsic``), which -> the population value."""
     m, reps = 2000, 8

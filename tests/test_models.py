@@ -58,10 +58,10 @@ def test_every_model_tiny(name, shape):
 
 
 def test_paper_basic_layer_counts():
-    # seed 003 appendix F: ResNet-32 has 16 basic layers, ResNet-110 has 55
+    # Wang et al. 2021 appendix F: ResNet-32 has 16 basic layers, ResNet-110 has 55
     assert sum(build_model("resnet32", width=2).basic_layers.values()) == 16
     assert sum(build_model("resnet110", width=2).basic_layers.values()) == 55
-    # seed 000 sec. 4.3: ResNet18 has nine middle representations (stem + 8 blocks) before the output
+    # Sakamoto & Sato 2024 sec. 4.3: ResNet18 has nine middle representations (stem + 8 blocks) before the output
     assert len(build_model("resnet18", width=2).layer_names) == 10
     assert len(build_model("lenet5").layer_names) == 5
 

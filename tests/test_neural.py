@@ -1,4 +1,4 @@
-"""Neural estimators separate informative representations from noise (seed 003 sec. 3.3; seed 000 Fig. 1)."""
+"""Neural estimators separate informative representations from noise (Wang et al. 2021 sec. 3.3; Sakamoto & Sato 2024 Fig. 1)."""
 import math
 
 import numpy as np

@@ -14,7 +14,7 @@ EPS = st.sampled_from([1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
 
 
 def paper_form(K: np.ndarray, L: np.ndarray, eps: float) -> float:
-    """Tr[KH(KH + eps m I)^-1 LH(LH + eps m I)^-1] literally as in seed 000 app. F.1.2 (numpy solves)."""
+    """Tr[KH(KH + eps m I)^-1 LH(LH + eps m I)^-1] literally as in Sakamoto & Sato 2024 app. F.1.2 (numpy solves)."""
     m = K.shape[0]
     H = np.eye(m) - 1.0 / m
     KH, LH = K @ H, L @ H
@@ -100,7 +100,7 @@ def test_gradcheck_and_gradient_as_loss():
     assert torch.autograd.gradcheck(f, (z,), eps=1e-6, atol=1e-5)
     f_e = lambda zz: nhsic(K, rbf_gram(zz, 1.0), 1e-2, method="eigh")  # noqa: E731
     assert torch.autograd.gradcheck(f_e, (z,), eps=1e-6, atol=1e-5)
-    # seed 000 eq. 11: -lambda * nHSIC(X, f(Z)) as a loss term, gradient reaches the weights
+    # Sakamoto & Sato 2024 eq. 11: -lambda * nHSIC(X, f(Z)) as a loss term, gradient reaches the weights
     w = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     loss = -0.05 * nhsic(K, rbf_gram(x @ w, "paper"), 1e-5)
     loss.backward()

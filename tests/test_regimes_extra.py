@@ -120,7 +120,7 @@ def test_forward_gradient_loss_falls(digits):
     r.eval()
     with torch.no_grad():
         after = F.cross_entropy(r.model(x), y).item()
-    assert after < before - 0.02  # forward gradients converge slowly (seed 000 F.4.2)
+    assert after < before - 0.02  # forward gradients converge slowly (Sakamoto & Sato 2024 F.4.2)
 
 
 def test_forward_gradient_unbiased():

@@ -10,7 +10,7 @@ from infoplane.estimators import soft_nearest_neighbour_loss as snn
 
 
 def naive_snn(z: np.ndarray, y: np.ndarray, T: float) -> float:
-    """Eq. 30 of seed 000 with plain loops (reference)."""
+    """Eq. 30 of Sakamoto & Sato 2024 with plain loops (reference)."""
     b = len(z)
     tot = 0.0
     for i in range(b):

@@ -1,4 +1,4 @@
-"""Loss functions of the training regimes (seed 000 sec. 2.1, 4.4, appendix B.2 and F.4.1).
+"""Loss functions of the training regimes (Sakamoto & Sato 2024 sec. 2.1, 4.4, appendix B.2 and F.4.1).
 
 All losses take a mini-batch and return a scalar tensor (mean over the batch unless stated).
 Shapes: ``h`` (N, d) features, ``y`` (N,) int64 labels, ``z`` (N, ...) representations.
@@ -44,7 +44,7 @@ def supcon_loss(h: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1)
 
 
 def simclr_loss(h1: torch.Tensor, h2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """SimCLR NT-Xent (Chen et al. 2020; seed 000 F.4.1): the positive of a view is the other
+    """SimCLR NT-Xent (Chen et al. 2020; Sakamoto & Sato 2024 F.4.1): the positive of a view is the other
     view of the same sample. ``h1``, ``h2`` (N, d). Equal to eq. 14 with labels = sample index."""
     if h1.shape != h2.shape:
         raise ValueError(f"simclr_loss needs two views of equal shape, got {tuple(h1.shape)} and {tuple(h2.shape)}")

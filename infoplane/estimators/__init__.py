@@ -1,7 +1,7 @@
-"""Dependence estimators: pure functions on tensors plus a name registry (ESTIMATORS.md).
+"""Dependence estimators: pure functions on tensors plus a name registry (docs/estimators.md).
 
-Built-in names: ``nhsic`` (seed 000 appendix F.1.2), ``hsic`` (biased, paper normalisation),
-``hsic-unbiased`` (Song et al. 2012 eq. 5), ``snn`` (soft nearest neighbour loss, seed 000 eq. 30).
+Built-in names: ``nhsic`` (Sakamoto & Sato 2024 appendix F.1.2), ``hsic`` (biased, paper normalisation),
+``hsic-unbiased`` (Song et al. 2012 eq. 5), ``snn`` (soft nearest neighbour loss, Sakamoto & Sato 2024 eq. 30).
 Neural estimators register themselves from ``infoplane.estimators.neural``.
 """
 from __future__ import annotations
@@ -38,14 +38,14 @@ def _prep_hsic(G: torch.Tensor, **_: Any) -> Tuple[torch.Tensor, float]:
 
 
 register_estimator("nhsic", "kernel", nhsic,
-                   "normalized HSIC Tr[K~(K~+eps m I)^-1 L~(L~+eps m I)^-1] (seed 000 app. F.1.2; "
+                   "normalized HSIC Tr[K~(K~+eps m I)^-1 L~(L~+eps m I)^-1] (Sakamoto & Sato 2024 app. F.1.2; "
                    "-> chi2 mutual information)", {"eps": 1e-5}, null_prepare=_prep_nhsic)
 register_estimator("hsic", "kernel", hsic_biased,
-                   "biased HSIC Tr(K~L~)/(m-1)^2 (seed 000 sec. 3)", {}, null_prepare=_prep_hsic)
+                   "biased HSIC Tr(K~L~)/(m-1)^2 (Sakamoto & Sato 2024 sec. 3)", {}, null_prepare=_prep_hsic)
 register_estimator("hsic-unbiased", "kernel", hsic_unbiased,
                    "unbiased HSIC (Song et al. 2012 eq. 5), m >= 4, can be negative", {})
 register_estimator("snn", "samples", soft_nearest_neighbour_loss,
-                   "soft nearest neighbour loss of z given integer labels y (seed 000 eq. 30; "
+                   "soft nearest neighbour loss of z given integer labels y (Sakamoto & Sato 2024 eq. 30; "
                    "higher = more entangled classes)", {"temperature": "paper"},
                    larger_is_dependent=False)
 from infoplane.estimators import neural as _neural  # noqa: E402,F401  registers decoder, classifier, linear-probe

@@ -1,4 +1,4 @@
-"""The paper's minibatch nHSIC protocol, vectorised (seed 000 appendix F.1.2).
+"""The paper's minibatch nHSIC protocol, vectorised (Sakamoto & Sato 2024 appendix F.1.2).
 
 The paper estimates nHSIC "by averaging values based on minibatches due to computational
 limitations": the evaluation set is cut into consecutive minibatches of ``b`` samples (the authors'

@@ -1,4 +1,4 @@
-"""Full-sample nHSIC from factored centred Gram matrices (seed 000, appendix F.1.2).
+"""Full-sample nHSIC from factored centred Gram matrices (Sakamoto & Sato 2024, appendix F.1.2).
 
 nHSIC = Tr[ K~ (K~ + a I)^-1  L~ (L~ + a I)^-1 ] = Tr[g(K~) g(L~)],   K~ = H K H,  a = eps m,
 g(x) = x / (x + a).

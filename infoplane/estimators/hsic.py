@@ -1,7 +1,7 @@
-"""HSIC estimators on Gram matrices (ESTIMATORS.md "HSIC"; seed 000 sec. 3, eq. 7).
+"""HSIC estimators on Gram matrices (docs/estimators.md "HSIC"; Sakamoto & Sato 2024 sec. 3, eq. 7).
 
 * ``hsic_biased``: V-statistic with the paper's normalisation ``Tr(K~ L~) / (m-1)^2``
-  (seed 000 sec. 3: ``Tr(K1 H K2 H)/(m-1)^2``); ``>= 0`` for PSD kernels.
+  (Sakamoto & Sato 2024 sec. 3: ``Tr(K1 H K2 H)/(m-1)^2``); ``>= 0`` for PSD kernels.
 * ``hsic_unbiased``: Song et al. (2012, JMLR) eq. 5, m >= 4, can be negative.
 
 Inputs: square ``(m, m)`` Gram matrices (numpy or torch, any device); outputs 0-dim tensors,
@@ -53,7 +53,7 @@ def validate_grams(K: ArrayLike, L: ArrayLike, *, min_m: int = 2, name: str = "e
 
 
 def hsic_biased(K: ArrayLike, L: ArrayLike, *, dtype: Optional[torch.dtype] = torch.float64) -> torch.Tensor:
-    """Biased HSIC ``Tr(K~ L~)/(m-1)^2`` with ``K~ = HKH`` (seed 000 sec. 3). m >= 2. 0-dim tensor."""
+    """Biased HSIC ``Tr(K~ L~)/(m-1)^2`` with ``K~ = HKH`` (Sakamoto & Sato 2024 sec. 3). m >= 2. 0-dim tensor."""
     Kt, Lt = validate_grams(K, L, min_m=2, name="hsic_biased", dtype=dtype)
     m = Kt.shape[0]
     # Tr(HKH HLH) = Tr(K~ L) = sum(K~ * L^T); L symmetric in practice, use L^T to be exact.

@@ -2,19 +2,19 @@
 
 Three estimators, each trained on a split of the stored samples and evaluated on the held-out rest:
 
-* ``decoder`` -- I(Z;X) proxy by reconstruction (seed 003, sec. 3.3 and appendix G):
+* ``decoder`` -- I(Z;X) proxy by reconstruction (Wang et al. 2021, sec. 3.3 and appendix G):
   I(h,x) = H(X) - H(X|h) >= H(X) - R(x|h). A decoder w (Table 7: bilinear interpolation to the
   input size, 3x3 conv -> 12 channels + BatchNorm + ReLU, 3x3 conv -> C channels, sigmoid) is
   trained with the per-pixel binary cross-entropy against the input mapped to [0, 1]. As InfoPro
   did, ``value = 1 - BCE`` (held out), i.e. the bound shifted by the constant 1 - H(X); the raw BCE
   is reported beside it. Non-image inputs/representations use an MLP decoder.
-* ``classifier`` -- I(Z;Y) >= H(Y) - CE (seed 003 sec. 3.3, seed 000 eq. 8): a classifier psi
+* ``classifier`` -- I(Z;Y) >= H(Y) - CE (Wang et al. 2021 sec. 3.3, Sakamoto & Sato 2024 eq. 8): a classifier psi
   (Table 8: one 3x3 conv + BN + ReLU, global average pooling, FC 128 + ReLU, FC c; an MLP for flat
   features) is trained with cross-entropy; ``value = H(Y) - CE_test`` in nats, with H(Y) the
   entropy of the empirical label distribution of all N samples. The bound can be negative on
   held-out data when the classifier overfits; it is reported as measured.
 * ``linear-probe`` -- train and test accuracy of a linear classifier on the flattened,
-  standardised Z (seed 000, Figure 1); ``value`` = test accuracy.
+  standardised Z (Sakamoto & Sato 2024, Figure 1); ``value`` = test accuracy.
 
 Every function takes ``z`` of shape (N, ...) (numpy or torch), a target of shape (N, ...) (inputs)
 or (N,) (integer labels), and returns a dict of floats: ``value`` plus named extras (train/test
@@ -67,7 +67,7 @@ class _TrainConfig:
 
 @dataclass
 class DecoderConfig(_TrainConfig):
-    """Decoder w of seed 003 (Table 7, appendix G: Adam lr 1e-3, 10 epochs).
+    """Decoder w of Wang et al. 2021 (Table 7, appendix G: Adam lr 1e-3, 10 epochs).
 
     ``width``: channels of the hidden conv (12 in Table 7); ``hidden``: width of the MLP decoder
     used for flat inputs/representations; ``input_range``: how stored (normalised) inputs are
@@ -81,13 +81,13 @@ class DecoderConfig(_TrainConfig):
 
 @dataclass
 class ClassifierConfig(_TrainConfig):
-    """Classifier psi of seed 003 (Table 8), trained like the decoder (Adam, 10 epochs)."""
+    """Classifier psi of Wang et al. 2021 (Table 8), trained like the decoder (Adam, 10 epochs)."""
     hidden: int = 128
 
 
 @dataclass
 class LinearProbeConfig(_TrainConfig):
-    """Linear probe of seed 000 Fig. 1: one linear layer on standardised, flattened features."""
+    """Linear probe of Sakamoto & Sato 2024 Fig. 1: one linear layer on standardised, flattened features."""
     epochs: int = 30
     lr: float = 1e-2
     batch_size: int = 256
@@ -159,7 +159,7 @@ def label_entropy(y: ArrayLike) -> float:
 
 def to_unit_range(x: ArrayLike, mode: str = "minmax",
                   normalization: Optional[Mapping[str, Sequence[float]]] = None) -> torch.Tensor:
-    """Map stored (normalised) inputs to [0, 1] for the BCE of seed 003 appendix G.
+    """Map stored (normalised) inputs to [0, 1] for the BCE of Wang et al. 2021 appendix G.
 
     mode "minmax": (x - min)/(max - min) with the global min/max of the given samples.
     mode "normalization": x*std + mean per channel (dim 1) from ``normalization={"mean", "std"}``,
@@ -193,7 +193,7 @@ def _device(device: Union[str, torch.device]) -> torch.device:
 
 
 class _Decoder(nn.Module):
-    """Table 7 of seed 003: bilinear upsampling to the input size + 2 convs, sigmoid output."""
+    """Table 7 of Wang et al. 2021: bilinear upsampling to the input size + 2 convs, sigmoid output."""
 
     def __init__(self, in_channels: int, out_shape: Tuple[int, ...], width: int) -> None:
         super().__init__()
@@ -222,7 +222,7 @@ class _MLP(nn.Module):
 
 
 class _ConvClassifier(nn.Module):
-    """Table 8 of seed 003: 3x3 conv (stride 2 if H >= 16) + BN + ReLU, GAP, FC hidden, FC c."""
+    """Table 8 of Wang et al. 2021: 3x3 conv (stride 2 if H >= 16) + BN + ReLU, GAP, FC hidden, FC c."""
 
     def __init__(self, in_channels: int, height: int, hidden: int, num_classes: int) -> None:
         super().__init__()
@@ -320,7 +320,7 @@ def _train_decoder(z: ArrayLike, x: ArrayLike, config: Optional[DecoderConfig], 
 def decoder_information(z: ArrayLike, x: ArrayLike, *, config: Optional[DecoderConfig] = None,
                         normalization: Optional[Mapping[str, Sequence[float]]] = None,
                         **params: Any) -> Dict[str, float]:
-    """I(Z;X) proxy of seed 003 appendix G: ``value = 1 - BCE_test`` (plus ``bce_test``, ``bce_train``).
+    """I(Z;X) proxy of Wang et al. 2021 appendix G: ``value = 1 - BCE_test`` (plus ``bce_test``, ``bce_train``).
 
     z: (N, C, h, w) feature maps (conv decoder) or (N, ...) (MLP decoder); x: (N, C, H, W) or (N, D)
     stored inputs, mapped to [0, 1] per ``input_range``. ``params`` override DecoderConfig fields.
@@ -336,7 +336,7 @@ def decoder_reconstructions(z: ArrayLike, x: ArrayLike, *, n_examples: int = 8,
     """Train the decoder as :func:`decoder_information` and return held-out reconstructions.
 
     Returns the scalar dict plus ``originals`` and ``reconstructions``: float arrays
-    (n_examples, *input_shape) in [0, 1] (the first held-out samples; seed 003 Figure 7).
+    (n_examples, *input_shape) in [0, 1] (the first held-out samples; Wang et al. 2021 Figure 7).
     """
     out, model, zd, xd, te = _train_decoder(z, x, config, normalization, params)
     ids = torch.as_tensor(te[: int(n_examples)]).to(zd.device)
@@ -356,7 +356,7 @@ def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def classifier_information(z: ArrayLike, y: ArrayLike, *, config: Optional[ClassifierConfig] = None,
                            num_classes: Optional[int] = None, **params: Any) -> Dict[str, float]:
-    """I(Z;Y) >= H(Y) - CE (seed 003 sec. 3.3; seed 000 eq. 8), in nats, on held-out samples.
+    """I(Z;Y) >= H(Y) - CE (Wang et al. 2021 sec. 3.3; Sakamoto & Sato 2024 eq. 8), in nats, on held-out samples.
 
     z: (N, C, h, w) (Table 8 conv head) or (N, ...) (MLP head); y: (N,) integer labels.
     Returns ``value`` (= entropy_y - ce_test), ``ce_test``, ``ce_train``, ``bound_train``,
@@ -401,7 +401,7 @@ class _Linear(nn.Module):
 
 def linear_probe(z: ArrayLike, y: ArrayLike, *, config: Optional[LinearProbeConfig] = None,
                  num_classes: Optional[int] = None, **params: Any) -> Dict[str, float]:
-    """Linear-probe accuracy (seed 000 Fig. 1): softmax regression on standardised flattened z.
+    """Linear-probe accuracy (Sakamoto & Sato 2024 Fig. 1): softmax regression on standardised flattened z.
 
     Features are standardised with the train split's mean/std. Returns ``value`` (= accuracy_test),
     ``accuracy_train``, ``accuracy_test``, ``ce_train``, ``ce_test``, ``n_train``, ``n_test``, ``epochs``.
@@ -467,10 +467,10 @@ def _register() -> None:
 
     specs = [
         ("decoder", decoder_information, "I(Z;X) proxy: 1 - held-out BCE of a decoder reconstructing X "
-         "from Z (seed 003 sec. 3.3, app. G); target x only", asdict(DecoderConfig())),
+         "from Z (Wang et al. 2021 sec. 3.3, app. G); target x only", asdict(DecoderConfig())),
         ("classifier", classifier_information, "I(Z;Y) >= H(Y) - held-out CE of a classifier on Z, nats "
-         "(seed 003 sec. 3.3); target y only", asdict(ClassifierConfig())),
-        ("linear-probe", linear_probe, "held-out accuracy of a linear classifier on Z (seed 000 Fig. 1); "
+         "(Wang et al. 2021 sec. 3.3); target y only", asdict(ClassifierConfig())),
+        ("linear-probe", linear_probe, "held-out accuracy of a linear classifier on Z (Sakamoto & Sato 2024 Fig. 1); "
          "target y only", asdict(LinearProbeConfig())),
     ]
     for name, fn, desc, defaults in specs:

@@ -1,11 +1,11 @@
-"""Normalized HSIC (nHSIC), the paper's estimator (seed 000 sec. 3 and appendix F.1.2).
+"""Normalized HSIC (nHSIC), the paper's estimator (Sakamoto & Sato 2024 sec. 3 and appendix F.1.2).
 
 ``nHSIC = Tr[ K~(K~ + eps m I)^-1 L~(L~ + eps m I)^-1 ]`` with ``K~ = HKH``; eps = 1e-5 in the paper.
-It estimates the chi-squared mutual information (seed 000 eq. 23, Fukumizu et al. 2007) and is an
+It estimates the chi-squared mutual information (Sakamoto & Sato 2024 eq. 23, Fukumizu et al. 2007) and is an
 unnormalised trace: ``0 <= nHSIC <= min(rank K~, rank L~)``.
 
 Computed through Cholesky solves (``method="solve"``, default; robust gradients, used by trainers as
-the augmenting term of seed 000 eq. 11) or eigendecompositions (``method="eigh"``); never with an
+the augmenting term of Sakamoto & Sato 2024 eq. 11) or eigendecompositions (``method="eigh"``); never with an
 explicit inverse. float64 by default. ``nhsic_eps_path`` gives every eps from one ``eigh`` per Gram:
 ``Tr = sum_ij a_i b_j (u_i . v_j)^2`` with ``a = lam / (lam + eps m)``.
 """
@@ -71,7 +71,7 @@ def nhsic_from_resolvents(RK: torch.Tensor, RL: torch.Tensor) -> torch.Tensor:
 
 def nhsic(K: ArrayLike, L: ArrayLike, eps: float = 1e-5, *, method: str = "solve",
           dtype: Optional[torch.dtype] = torch.float64) -> torch.Tensor:
-    """nHSIC of two ``(m, m)`` Gram matrices (seed 000 appendix F.1.2). Differentiable 0-dim tensor.
+    """nHSIC of two ``(m, m)`` Gram matrices (Sakamoto & Sato 2024 appendix F.1.2). Differentiable 0-dim tensor.
 
     ``method='eigh'`` is exact too, but its gradient is unstable for repeated eigenvalues
     (e.g. label Grams); prefer 'solve' for training losses.

@@ -1,4 +1,4 @@
-"""Null level of every estimator: values on shuffled pairs and permutation tests (ESTIMATORS.md).
+"""Null level of every estimator: values on shuffled pairs and permutation tests (docs/estimators.md).
 
 Shuffling y against x destroys the dependence while keeping both marginals, so the estimator's value
 on shuffled pairs is the level an independent pair would score at the same m, eps and kernels (nHSIC

@@ -1,11 +1,11 @@
-"""Soft nearest neighbour loss (Frosst et al. 2019; seed 000 appendix E.2, eq. 30).
+"""Soft nearest neighbour loss (Frosst et al. 2019; Sakamoto & Sato 2024 appendix E.2, eq. 30).
 
 ``l = -(1/b) sum_i log( sum_{j != i, y_j = y_i} exp(-||z_i - z_j||^2 / T) / sum_{k != i} exp(-||z_i - z_k||^2 / T) )``
 
 Computed in log-space with ``logsumexp``. A sample whose class has no other member in the batch has
 an empty numerator (log 0 = -inf): ``no_partner="raise"`` (default) raises a ValueError naming
 those samples; ``no_partner="exclude"`` drops them from the average (the mean is over the remaining
-samples) and raises if none remain. Theorem 4 of seed 000 uses ``T = 2 sigma^2``;
+samples) and raises if none remain. Theorem 4 of Sakamoto & Sato 2024 uses ``T = 2 sigma^2``;
 ``temperature="paper"`` means ``T = 2 (5 sqrt(d))^2 = 50 d``.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The layered-network convention every architecture of infoplane follows.
 
 A :class:`LayeredNet` is an ``nn.Sequential`` whose top-level children are the network's
-*layers* in the sense of the papers (seed 000 sec. 2.1: the units a layer-wise regime trains
-with their own local loss; seed 003: the "basic layers" grouped into K modules). Their names
+*layers* in the sense of the papers (Sakamoto & Sato 2024 sec. 2.1: the units a layer-wise regime trains
+with their own local loss; Wang et al. 2021: the "basic layers" grouped into K modules). Their names
 (``conv1``, ``fc1``, ``block3``, ..., ``out``) are the names extraction uses for ``--layers all``;
 any deeper module can still be chosen by its ``named_modules()`` path. The last child is the
 output layer (logits).
@@ -25,7 +25,7 @@ class LayeredNet(nn.Sequential):
     ----------
     input_shape : tuple of int, the shape of one input sample (C, H, W) or (D,).
     num_classes : int, the width of the output layer.
-    basic_layers : dict name -> int, how many "basic layers" (seed 003 appendix F) each child
+    basic_layers : dict name -> int, how many "basic layers" (Wang et al. 2021 appendix F) each child
         holds; used to split the network into K gradient-isolated modules.
     """
 

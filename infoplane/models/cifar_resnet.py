@@ -1,4 +1,4 @@
-"""The CIFAR ResNet family (He et al. 2016, sec. 4.2) used by InfoPro (seed 003): ResNet-32, ResNet-110.
+"""The CIFAR ResNet family (He et al. 2016, sec. 4.2) used by InfoPro (Wang et al. 2021): ResNet-32, ResNet-110.
 
 Depth ``6n + 2``: ``stem`` (Conv3x3 to ``width`` channels -> BN -> ReLU), then ``3n`` basic residual
 blocks in three stages of ``width, 2 width, 4 width`` channels (16/32/64 in the paper; stride 2 at the

@@ -1,4 +1,4 @@
-"""LeNet5 (LeCun et al. 1998) as used in seed 000 sec. 4.1: two conv layers and three linear layers.
+"""LeNet5 (LeCun et al. 1998) as used in Sakamoto & Sato 2024 sec. 4.1: two conv layers and three linear layers.
 
 Layers: ``conv1`` (Conv5x5 -> ReLU -> MaxPool2), ``conv2`` (Conv5x5 -> ReLU -> MaxPool2),
 ``fc1`` (Flatten -> Linear -> ReLU), ``fc2`` (Linear -> ReLU), ``out`` (Linear -> logits).

@@ -1,10 +1,10 @@
-"""ResNet18 / ResNet50 with the CIFAR stem (seed 000 sec. 2.2, 4.3, appendix F.1.1).
+"""ResNet18 / ResNet50 with the CIFAR stem (Sakamoto & Sato 2024 sec. 2.2, 4.3, appendix F.1.1).
 
 "The smallest unit containing a single skip connection, such as two convolution layers for ResNet18
 and three convolution layers for ResNet50, is trained as one module in layer-wise training"
-(seed 000 F.1.1). Layers: ``stem`` (Conv3x3 -> BN -> ReLU), ``block1 .. blockN`` (one residual block
+(Sakamoto & Sato 2024 F.1.1). Layers: ``stem`` (Conv3x3 -> BN -> ReLU), ``block1 .. blockN`` (one residual block
 each: 8 for ResNet18, 16 for ResNet50) and ``out`` (global average pool -> Linear). ResNet18 thus has
-the nine middle representations of seed 000 sec. 4.3. ``width`` is the first stage's channel count
+the nine middle representations of Sakamoto & Sato 2024 sec. 4.3. ``width`` is the first stage's channel count
 (64 in the paper). Shapes: ``(N, C, H, W) -> (N, num_classes)``.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Split a layered network into K gradient-isolated local modules (seed 003 appendix F).
+"""Split a layered network into K gradient-isolated local modules (Wang et al. 2021 appendix F).
 
 "We view each residual block as a minimal indivisible unit, or say, a basic layer ... the first
 convolutional layer of the network is individually viewed as a basic layer. ... In the cases where
 the number of basic layers is not divisible by K, we assign one less basic layer to earlier modules.
 For example, if ResNet-110 is split into K = 4 modules, the corresponding numbers of basic layers will
-be {13, 14, 14, 14}." (seed 003, appendix F, "Local module splitting").
+be {13, 14, 14, 14}." (Wang et al. 2021, appendix F, "Local module splitting").
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 
 
 def module_sizes(num_basic_layers: int, K: int) -> List[int]:
-    """Basic layers per module: ``L // K`` each, the last ``L % K`` modules one more (seed 003 app. F)."""
+    """Basic layers per module: ``L // K`` each, the last ``L % K`` modules one more (Wang et al. 2021 app. F)."""
     L, K = int(num_basic_layers), int(K)
     if K < 1:
         raise ValueError(f"K must be >= 1, got {K}")

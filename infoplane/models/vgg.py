@@ -1,6 +1,6 @@
-"""VGG11 with and without batch normalisation, CIFAR style (seed 000 sec. 2.2, appendix F.1.1).
+"""VGG11 with and without batch normalisation, CIFAR style (Sakamoto & Sato 2024 sec. 2.2, appendix F.1.1).
 
-Each convolution is one layer (seed 000 F.1.1: "allowing for training layer-wisely for each
+Each convolution is one layer (Sakamoto & Sato 2024 F.1.1: "allowing for training layer-wisely for each
 convolutional layer"): ``conv1 .. conv8`` = ``Conv3x3 [-> BN] -> ReLU [-> MaxPool2]`` with the VGG11
 configuration ``64 M 128 M 256 256 M 512 512 M 512 512 M``; ``out`` = ``Flatten -> Linear`` (the CIFAR
 variant's single classifier). A max-pool is skipped once the feature map is 1x1, so small inputs work.

@@ -1,4 +1,4 @@
-"""Vision Transformer (Dosovitskiy et al. 2020) as in seed 000 appendix F.4.4: six transformer blocks,
+"""Vision Transformer (Dosovitskiy et al. 2020) as in Sakamoto & Sato 2024 appendix F.4.4: six transformer blocks,
 patch size 4, hidden dimension 512.
 
 Layers: ``embed`` (patchify with a ``patch x patch`` stride-``patch`` convolution, prepend a class
@@ -66,7 +66,7 @@ class ClassTokenHead(nn.Module):
 @register_model("vit")
 def vit(input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, dim: int = 512, depth: int = 6,
         heads: int = 8, patch: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0) -> LayeredNet:
-    """ViT with layers embed, block1..block{depth}, out (seed 000 F.4.4 defaults: 6 blocks, patch 4, dim 512)."""
+    """ViT with layers embed, block1..block{depth}, out (Sakamoto & Sato 2024 F.4.4 defaults: 6 blocks, patch 4, dim 512)."""
     if len(input_shape) != 3:
         raise ValueError(f"vit takes images (C, H, W), got input_shape={tuple(input_shape)}")
     c, h, w = (int(s) for s in input_shape)
