@@ -254,25 +254,28 @@ class _Runner:
         from infoplane.estimators import assess, batched, fast, protocol
 
         zidx = self.perm[: self.used] if shuffled else np.arange(self.used)
-        z = reader.rows(zidx)
         if self.fast:
-            if self.protocol == "minibatch":
-                zs = batched.prepare_minibatch_side(z, kernel="rbf", batch_size=self.m, eps=self.eps,
-                                                    sigma=self.cfg.sigma, squared=self.cfg.squared, device=self.device)
-                return protocol.nhsic_minibatch_result(zs, self._target_side(target))
             key = ("z", id(reader), shuffled)
-            if key not in self._cache:  # one Z factor per layer, shared by both targets
+            if key not in self._cache:  # one Z side per layer (minibatch resolvents or factor), both targets
                 for k in [k for k in self._cache if k[0] == "z"]:
                     del self._cache[k]
-                self._cache[key] = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
-                                                  tolerance=self.cfg.tolerance, device=self.device)
+                z = reader.rows(zidx)
+                if self.protocol == "minibatch":
+                    self._cache[key] = batched.prepare_minibatch_side(
+                        z, kernel="rbf", batch_size=self.m, eps=self.eps, sigma=self.cfg.sigma,
+                        squared=self.cfg.squared, device=self.device)
+                else:
+                    self._cache[key] = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
+                                                      tolerance=self.cfg.tolerance, device=self.device)
+            if self.protocol == "minibatch":
+                return protocol.nhsic_minibatch_result(self._cache[key], self._target_side(target))
             fz, ft = self._cache[key], self._target_side(target)
             if self.cfg.tolerance is not None:
                 ref = fast.refine_nhsic(fz, ft, eps=self.eps, tolerance=self.cfg.tolerance)
                 fz, ft = ref.z_factor, ref.other_factor
                 self._cache[key], self._cache[("side", target)] = fz, ft   # keep the extended factors
             return protocol.nhsic_factor_result(fz, ft, self.eps)
-        t = self._target_data(target)
+        z, t = reader.rows(zidx), self._target_data(target)
         try:
             return assess(z, t, self.spec, protocol=self.protocol, batch_size=self.m, sigma=self.cfg.sigma,
                           kernel_x="rbf", kernel_y="rbf" if target == "x" else "label",
