@@ -27,7 +27,7 @@ Options a regime needs beyond :class:`trainers.config.TrainConfig` come from
 it to the sub-mode (e.g. ``temperature`` only with a contrastive loss): ``train()`` and the CLI refuse
 any other regime option that is set (``trainers.options``). Override ``predict`` when the
 backbone's logits are not the prediction (e.g. a linear evaluation head), ``total_epochs`` /
-``on_epoch_start`` for staged training (see ``layerwise.py``'s sequential regime), ``aux_state``
+``is_staged`` + ``stage_of`` / ``enter_stage`` for staged training (see ``layerwise.py``'s sequential regime), ``aux_state``
 for extra state. The loop (``trainers.loop``) does data, seeding, evaluation and checkpoints.
 """
 from __future__ import annotations

@@ -155,7 +155,16 @@ class Regime:
         """Epochs one learning-rate schedule spans (staged regimes restart it every stage)."""
         return self.total_epochs()
 
+    def is_staged(self) -> bool:
+        """True for regimes that train one stage (layer or module) at a time; they define
+        ``stage_of(epoch)``, ``enter_stage(k)`` and the attribute ``stage``."""
+        return False
+
     def on_epoch_start(self, epoch: int) -> None:
+        if self.is_staged():
+            k = self.stage_of(epoch)  # type: ignore[attr-defined]
+            if k != self.stage:  # type: ignore[attr-defined]
+                self.enter_stage(k)  # type: ignore[attr-defined]
         self.train()
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:

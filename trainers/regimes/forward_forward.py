@@ -149,12 +149,8 @@ class ForwardForward(Regime):
         else:
             self.optimizers, self.schedulers = [], []
 
-    def on_epoch_start(self, epoch: int) -> None:
-        if self.ff_mode == "sequential":
-            k = self.stage_of(epoch)
-            if k != self.stage:
-                self.enter_stage(k)
-        self.train()
+    def is_staged(self) -> bool:
+        return self.ff_mode == "sequential"
 
     def train(self) -> None:
         super().train()

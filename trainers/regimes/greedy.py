@@ -180,12 +180,8 @@ class ModularRegime(Regime):
         self.optimizers, self.schedulers = [opt], [sched]
         self.cache = ActivationCache(self._prefix(k), self.cache_rows) if k > 0 else None
 
-    def on_epoch_start(self, epoch: int) -> None:
-        if self.async_mode:
-            k = self.stage_of(epoch)
-            if k != self.stage:
-                self.enter_stage(k)
-        self.train()
+    def is_staged(self) -> bool:
+        return self.async_mode
 
     def train(self) -> None:
         super().train()

@@ -234,11 +234,8 @@ class LayerwiseSequential(_LayerwiseBase):
         else:
             self.optimizers, self.schedulers = [], []
 
-    def on_epoch_start(self, epoch: int) -> None:
-        stage = self.stage_of(epoch)
-        if stage != self.stage:
-            self.enter_stage(stage)
-        self.train()
+    def is_staged(self) -> bool:
+        return True
 
     def train(self) -> None:
         super().train()
