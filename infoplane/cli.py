@@ -29,6 +29,34 @@ def _sigma(value: str):
     return v
 
 
+def int_at_least(low: int):
+    """argparse type: an integer >= ``low`` (argparse prefixes the option name to the message)."""
+    def parse(value: str) -> int:
+        try:
+            v = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, not {value!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, not {v}")
+        return v
+    return parse
+
+
+def finite_float(positive: bool = False):
+    """argparse type: a finite float, > 0 if ``positive`` (argparse prefixes the option name)."""
+    import math
+
+    def parse(value: str) -> float:
+        try:
+            v = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, not {value!r}") from None
+        if not math.isfinite(v) or (positive and not v > 0):
+            raise argparse.ArgumentTypeError(f"must be a finite {'positive ' if positive else ''}number, not {value!r}")
+        return v
+    return parse
+
+
 def _names(value: Optional[str]) -> Optional[List[str]]:
     return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 
@@ -47,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "print the layer names and exit")
     e.add_argument("--out", default="acts.h5", help="activation store to create or append to (default acts.h5)")
     e.add_argument("--split", default="test", choices=("train", "test"))
-    e.add_argument("--samples", type=int, default=None, help="stratified seeded subset of N samples (default all)")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--samples", type=int_at_least(4), default=None, help="stratified seeded subset of N samples (default all)")
+    e.add_argument("--batch-size", type=int_at_least(1), default=256)
     e.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     e.add_argument("--data-root", default="data")
     e.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
@@ -64,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "full: all samples at once (default: minibatch)")
     s.add_argument("--full", dest="protocol", action="store_const", const="full",
                    help="shorthand for --protocol full")
-    s.add_argument("--batch-size", type=int, default=100,
+    s.add_argument("--batch-size", type=int_at_least(4), default=100,
                    help="minibatch size m of the minibatch protocol (default: 100, the paper's protocol; on "
                         "28x28 images 500-2000 with the adjusted column shows X-dependence far better, see README)")
-    s.add_argument("--eps", type=float, default=1e-5, help="nHSIC regulariser (default: 1e-5, the paper's)")
+    s.add_argument("--eps", type=finite_float(positive=True), default=1e-5, help="nHSIC regulariser (default: 1e-5, the paper's)")
     s.add_argument("--sigma", type=_sigma, default="paper",
                    help="RBF bandwidth: paper (5 sqrt(d)), median, or a number (default: paper)")
     s.add_argument("--distance", default="squared", choices=("squared", "euclidean"),
@@ -77,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also estimate on shuffled Z (empirical null; default: only for estimators without an "
                         "exact null)")
     s.add_argument("--no-baseline", dest="baseline", action="store_false", help="never estimate the shuffled baseline")
-    s.add_argument("--tolerance", type=float, default=None,
+    s.add_argument("--tolerance", type=finite_float(positive=True), default=None,
                    help="full-sample nHSIC: low-rank factorisation whose error bound is at most this fraction of "
                         "the value, e.g. 1e-3 (default: exact)")
     s.add_argument("--allow-incomplete", action="store_true",
@@ -87,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoints", default=None, help="comma list of checkpoint ids (default all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the baseline shuffle")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, default=None,
+    s.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads (default: 1 for minibatches, torch's default for --full)")
     s.add_argument("--out", default="estimates.csv")
     s.add_argument("--no-progress", action="store_true")
@@ -121,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="E2E vs layer-wise LeNet5 on digits, end to end (a few minutes)")
     d.add_argument("--out", default="demo")
-    d.add_argument("--epochs", type=int, default=None, help="training epochs (default: DemoConfig)")
+    d.add_argument("--epochs", type=int_at_least(1), default=None, help="training epochs (default: DemoConfig)")
     d.add_argument("--no-progress", action="store_true")
 
     from infoplane.report import add_cli as _add_report_cli  # `report` subcommand (infoplane/report.py)
@@ -325,6 +353,12 @@ def _run(a) -> int:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"infoplane {a.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # anything unforeseen: still one line, the traceback on request
+        if a.debug:
+            raise
+        print(f"infoplane {a.command}: error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+              file=sys.stderr)
         return 2
 
 

@@ -277,9 +277,15 @@ def _find_idx_pair(key: str, split: str, root: Path) -> Optional[Tuple[Path, Pat
     return None
 
 
-def _missing(key: str, looked: Sequence[Path], extra: str = "") -> FileNotFoundError:
+def _missing(key: str, looked: Sequence[Path], extra: str = "", downloaded: bool = False) -> FileNotFoundError:
     where = ", ".join(str(p) for p in looked)
-    how = f"pass download=True (CLI: --download) to fetch it into the data root"
+    extra = " " + " ".join(extra.split()) if extra.strip() else ""  # one line, whatever the error printed
+    if downloaded:
+        return FileNotFoundError(
+            f"dataset {key!r}: the download failed{extra} (is this machine offline?) and no files were found "
+            f"(looked in: {where}); copy the dataset files there from a machine with network access, or pass "
+            "--data-root pointing at a copy. The embedded default 'digits' needs no files.")
+    how = "pass download=True (CLI: --download) to fetch it into the data root"
     if key == "fashion-mnist":
         how += ", or install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
     return FileNotFoundError(f"dataset {key!r} not found (looked in: {where}){extra}; {how}. "
@@ -297,7 +303,10 @@ def _load_idx_dataset(key: str, split: str, root: Path, download: bool) -> Tuple
 
         _download_note(key, root)
         cls = torchvision.datasets.MNIST if key == "mnist" else torchvision.datasets.FashionMNIST
-        cls(str(root), train=(split == "train"), download=True)
+        try:
+            cls(str(root), train=(split == "train"), download=True)
+        except (RuntimeError, OSError) as err:  # URLError is an OSError
+            raise _missing(key, _idx_candidates(key, root), extra=f" ({err})", downloaded=True) from None
         pair = _find_idx_pair(key, split, root)
     if pair is None:
         raise _missing(key, _idx_candidates(key, root))
@@ -334,7 +343,7 @@ def _load_torchvision(key: str, split: str, root: Path, download: bool) -> Datas
     except (RuntimeError, FileNotFoundError, OSError) as err:
         sub = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "SVHN",
                "stl10": "stl10_binary"}[key]
-        raise _missing(key, [root / sub], extra=f" ({err})") from None
+        raise _missing(key, [root / sub], extra=f" ({err})", downloaded=download) from None
     raise ValueError(f"dataset {key!r} is not a torchvision dataset")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from infoplane.estimators.protocol import MIN_SAMPLES
 from infoplane.hooks import LayerSpec, capture, resolve_layers, split_call_name
 from infoplane.store import ActivationStore, StoreError
 
@@ -43,16 +44,24 @@ def select_samples(labels: Union[np.ndarray, torch.Tensor], samples: Union[None,
         return np.arange(n_total, dtype=np.int64)
     if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
         n = int(samples)
-        if n < 1:
-            raise ValueError(f"--samples must be a positive integer, got {n}")
-        if n >= n_total:
+        if n < MIN_SAMPLES:
+            raise ValueError(f"--samples must be at least {MIN_SAMPLES} (no dependence value or chance level exists "
+                             f"below that), got {n}")
+        if n > n_total:
+            raise ValueError(f"--samples {n} is more than the {n_total} samples of this split; pass --samples "
+                             f"{n_total} or fewer, or leave it out to use them all")
+        if n == n_total:
             return np.arange(n_total, dtype=np.int64)
         from infoplane.data import stratified_subset_indices
 
         return np.asarray(stratified_subset_indices(np.asarray(labels), n, seed), dtype=np.int64)
     idx = np.asarray(samples, dtype=np.int64).reshape(-1)
-    if idx.size == 0 or idx.min() < 0 or idx.max() >= n_total:
-        raise ValueError(f"sample indices must lie in [0, {n_total}) and be non-empty")
+    if idx.size < MIN_SAMPLES or idx.min() < 0 or idx.max() >= n_total:
+        raise ValueError(f"sample indices must lie in [0, {n_total}) and be at least {MIN_SAMPLES}, got {idx.size} "
+                         f"in [{idx.min() if idx.size else '-'}, {idx.max() if idx.size else '-'}]")
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"sample indices contain {idx.size - np.unique(idx).size} duplicate(s); a repeated sample "
+                         "inflates every dependence value, so pass each index once")
     return idx
 
 

@@ -52,12 +52,16 @@ def as_tensor(x: ArrayLike, dtype: Optional[torch.dtype] = torch.float64,
     if isinstance(x, torch.Tensor):
         t = x
     elif isinstance(x, np.ndarray):
-        if x.dtype == object:
-            raise ValueError("as_tensor: got a numpy array of dtype object; pass a numeric array.")
+        if x.dtype.kind in "OUSVMm":
+            raise ValueError(f"as_tensor: got a numpy array of dtype {x.dtype} (not numbers); pass a numeric "
+                             "array (encode text or categories as integers first).")
         t = torch.from_numpy(np.ascontiguousarray(x))
     else:
         try:
-            t = torch.as_tensor(np.asarray(x))
+            arr = np.asarray(x)
+            if arr.dtype.kind in "OUSVMm":
+                raise TypeError(f"its values are of dtype {arr.dtype}, not numbers")
+            t = torch.as_tensor(arr)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"as_tensor: cannot convert {type(x).__name__} to a tensor: {exc}") from exc
     if t.is_complex() and (dtype is None or not dtype.is_complex):
@@ -211,7 +215,13 @@ def is_label_vector(y: ArrayLike) -> bool:
 
 def one_hot(y: ArrayLike, num_classes: Optional[int] = None, *, dtype: torch.dtype = torch.float64,
             device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
-    """One-hot codes ``(m,) int -> (m, c)`` float; ``c = max(y) + 1`` unless ``num_classes`` is given."""
+    """One-hot codes ``(m,) int -> (m, c)`` float.
+
+    Without ``num_classes`` the labels are re-indexed to ``0..c-1`` in sorted order (``c`` = number of
+    distinct labels), so label *values* never act as sizes (labels 1e9 or -3 are fine); the label
+    Gram ``Y Y^T = 1[y_i == y_j]`` does not depend on the coding. With ``num_classes`` the labels
+    must lie in ``0..num_classes-1`` and column k is class k.
+    """
     yt = as_tensor(y, dtype=None, device=device)
     if yt.dim() != 1:
         raise ValueError(f"one_hot: labels must be 1-D of shape (m,), got shape {tuple(yt.shape)}.")
@@ -221,11 +231,13 @@ def one_hot(y: ArrayLike, num_classes: Optional[int] = None, *, dtype: torch.dty
     yt = yt.long()
     if yt.numel() == 0:
         raise ValueError("one_hot: got zero labels.")
-    if int(yt.min()) < 0:
-        raise ValueError(f"one_hot: labels must be >= 0, got min {int(yt.min())}.")
-    c = int(yt.max()) + 1 if num_classes is None else int(num_classes)
-    if int(yt.max()) >= c:
-        raise ValueError(f"one_hot: label {int(yt.max())} >= num_classes={c}.")
+    if num_classes is None:
+        classes, yt = torch.unique(yt, sorted=True, return_inverse=True)
+        return torch.nn.functional.one_hot(yt, len(classes)).to(dtype)
+    c = int(num_classes)
+    if int(yt.min()) < 0 or int(yt.max()) >= c:
+        raise ValueError(f"one_hot: labels must lie in 0..{c - 1} for num_classes={c}, got min {int(yt.min())} "
+                         f"and max {int(yt.max())}; pass num_classes=None to re-index arbitrary label values.")
     return torch.nn.functional.one_hot(yt, c).to(dtype)
 
 

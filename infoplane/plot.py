@@ -24,7 +24,7 @@ import logging
 
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -46,20 +46,48 @@ def estimator_label(name: str) -> str:
     return _DISPLAY.get(str(name), str(name))
 
 
+#: Columns of an estimates CSV that must hold numbers (empty cells allowed: they read as NaN).
+NUMERIC_COLUMNS = ("epoch", "layer_index", "value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted",
+                   "max_value", "baseline", "baseline_std", "error_bound", "n_samples", "batch_size")
+
+
+def read_estimates(path: PathLike, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
+    """Read one estimates CSV written by ``infoplane estimate``; every problem is a ``ValueError`` (or
+    ``FileNotFoundError``) naming the file, and the column and row where one is at fault."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"estimates file {str(p)!r} does not exist; write one with `infoplane estimate`")
+    if p.is_dir():
+        raise ValueError(f"estimates file {str(p)!r} is a directory; pass the CSV written by `infoplane estimate`")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(p)!r} is not an estimates CSV: {exc}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{str(p)!r} is not an estimates CSV: columns {missing} are missing "
+                         "(write one with `infoplane estimate`)")
+    for col in NUMERIC_COLUMNS:
+        if col not in df.columns or pd.api.types.is_numeric_dtype(df[col]):
+            continue
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna() & df[col].notna() & (df[col].astype(str).str.strip() != "")
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError(f"{str(p)!r}: column {col!r} must hold numbers, but {int(bad.sum())} row(s) do not "
+                             f"(first: data row {i + 1}, {str(df[col].iloc[i])[:40]!r}); fix or regenerate the file "
+                             "with `infoplane estimate`")
+        df[col] = num
+    return df
+
+
 def load_estimates(paths: Union[PathLike, Sequence[PathLike]]) -> pd.DataFrame:
-    """Read and concatenate estimate CSVs (clear errors for missing files or wrong columns)."""
+    """Read and concatenate estimate CSVs (:func:`read_estimates` checks each one)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    frames = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise FileNotFoundError(f"estimates file {str(p)!r} does not exist; write one with `infoplane estimate`")
-        try:
-            df = pd.read_csv(p)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{str(p)!r} is not an estimates CSV: {exc}") from None
-        frames.append(df)
+    frames = [read_estimates(p) for p in paths]
+    if not frames:
+        raise ValueError("give at least one estimates CSV")
     df = pd.concat(frames, ignore_index=True)
     check_columns(df)
     return df
@@ -74,14 +102,40 @@ def check_columns(df: pd.DataFrame) -> None:
 
 
 def rows_with_values(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows whose ``status`` is "ok" (tables without the column: all); the others are logged by reason."""
-    if "status" not in df.columns:
-        return df
-    ok = df["status"].fillna("ok").astype(str) == "ok"
-    if not ok.all():
-        for reason, n in df.loc[~ok, "status"].astype(str).value_counts().items():
-            log.warning("%d row(s) without a value left out: %s", n, reason)
+    """Rows with a finite value and ``status`` "ok" (tables without the column: status ok).
+
+    Every row left out is logged as a warning with its reason, naming the checkpoint and layer, so
+    a missing point in a figure or report never goes unnoticed.
+    """
+    ok, notes = _rows_ok(df)
+    for note in notes:
+        log.warning("%s", note)
     return df[ok]
+
+
+def left_out_rows(df: pd.DataFrame) -> List[str]:
+    """One line per reason for the rows :func:`rows_with_values` leaves out (empty: none)."""
+    return _rows_ok(df)[1]
+
+
+def _rows_ok(df: pd.DataFrame) -> Tuple[np.ndarray, List[str]]:
+    status = df["status"].fillna("ok").astype(str) if "status" in df.columns else pd.Series("ok", index=df.index)
+    value = pd.to_numeric(df["value"], errors="coerce") if "value" in df.columns else pd.Series(np.nan, index=df.index)
+    ok = (status == "ok").to_numpy() & np.isfinite(value.to_numpy(dtype=float))
+    notes = []
+    if not ok.all():
+        reason = status.where(status != "ok", "non-finite value")
+        for why, idx in df.index[~ok].groupby(reason[~ok].to_numpy()).items():
+            where = ", ".join(_where(df.loc[i]) for i in list(idx)[:5]) + (", ..." if len(idx) > 5 else "")
+            notes.append(f"{len(idx)} row(s) without a value left out ({why}): {where}")
+    return ok, notes
+
+
+def _where(row: pd.Series) -> str:
+    parts = [f"{k} {row[k]}" for k in ("checkpoint", "layer", "target") if k in row.index and pd.notna(row[k])]
+    if "checkpoint" not in row.index and "epoch" in row.index:
+        parts.insert(0, f"epoch {row['epoch']}")
+    return " / ".join(parts) or "row"
 
 
 def _series_key(df: pd.DataFrame) -> pd.Series:

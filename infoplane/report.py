@@ -94,16 +94,10 @@ class ReportConfig:
 
 # ----------------------------------------------------------------------------- inputs
 def read_estimates(path: PathLike) -> pd.DataFrame:
-    """Read one estimates CSV and check it has the columns of docs/formats_store.md."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"estimates table {str(path)!r} does not exist")
-    df = pd.read_csv(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{str(path)!r} is not an estimates table: columns {missing} are missing "
-                         "(write one with `infoplane estimate`)")
-    return df
+    """Read one estimates CSV and check its columns (docs/formats_store.md); see ``plot.read_estimates``."""
+    from infoplane.plot import read_estimates as _read
+
+    return _read(path, REQUIRED_COLUMNS)
 
 
 def _is_estimates_csv(path: Path) -> bool:
@@ -143,7 +137,12 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[pd.DataFrame, List[Path]
     if not frames and not stores:
         raise ValueError(f"no estimates table or activation store found in {[str(p) for p in inputs]}")
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
-    return _normalise_estimates(df), list(dict.fromkeys(stores)), metric_csvs
+    from infoplane.plot import left_out_rows
+
+    left_out = left_out_rows(df)
+    df = _normalise_estimates(df)
+    df.attrs["left_out"] = left_out
+    return df, list(dict.fromkeys(stores)), metric_csvs
 
 
 def _run_metrics(paths: Sequence[Path]) -> pd.DataFrame:
@@ -739,6 +738,7 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df, stores, metric_csvs = collect_inputs(inputs)
+    left_out = list(df.attrs.get("left_out", []))
     thr, cz = float(cfg.threshold), float(cfg.chance_z)
 
     metrics = _store_metrics(stores) if stores else pd.DataFrame(
@@ -772,6 +772,8 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     md.append("Inputs: " + ", ".join(f"`{p}`" for p in map(str, inputs)) + ".")
     md.append(f"Stores: {len(stores)}; estimate rows: {len(df)}; runs: "
               + ", ".join(sorted(set(df['run']) | set(metrics['run']))) + ".")
+    for note in left_out:
+        md.append(f"**Left out:** {note}")
     md.append("")
 
     # accuracy
@@ -880,20 +882,22 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
 # ----------------------------------------------------------------------------- command line
 def add_cli(subparsers: Any) -> Any:
     """Add the ``report`` subcommand to an argparse subparsers object (used by ``infoplane.cli``)."""
+    from infoplane.cli import finite_float, int_at_least
+
     p = subparsers.add_parser("report", help="markdown report + figures comparing runs/regimes",
                               description="Write OUT/report.md, figures and summary tables from run "
                                           "directories, activation stores (.h5) and estimates CSVs.")
     p.add_argument("inputs", nargs="+", help="run directories, .h5 stores and/or estimates .csv files")
     p.add_argument("--out", default="report", help="output directory (default: report)")
     p.add_argument("--estimator", default=None, help="estimator of the planes (default: nhsic if present)")
-    p.add_argument("--threshold", type=float, default=2.0, help="noise units for a significant drop (2)")
-    p.add_argument("--chance-z", type=float, default=2.0,
+    p.add_argument("--threshold", type=finite_float(positive=True), default=2.0, help="noise units for a significant drop (2)")
+    p.add_argument("--chance-z", type=finite_float(positive=True), default=2.0,
                    help="a peak less than this many null sd above chance gets no verdict (2)")
-    p.add_argument("--reconstruct", type=int, default=6, help="reconstruction examples per layer (0 = off)")
+    p.add_argument("--reconstruct", type=int_at_least(0), default=6, help="reconstruction examples per layer (0 = off)")
     p.add_argument("--no-probe", action="store_true", help="do not run linear probes on the stores")
-    p.add_argument("--decoder-epochs", type=int, default=10)
-    p.add_argument("--probe-epochs", type=int, default=30)
-    p.add_argument("--max-samples", type=int, default=2000, help="stored samples used by probes/decoders")
+    p.add_argument("--decoder-epochs", type=int_at_least(1), default=10)
+    p.add_argument("--probe-epochs", type=int_at_least(1), default=30)
+    p.add_argument("--max-samples", type=int_at_least(10), default=2000, help="stored samples used by probes/decoders")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--title", default="infoplane report")

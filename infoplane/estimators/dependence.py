@@ -19,10 +19,13 @@ __all__ = ["pair_grams", "check_paired"]
 
 def check_paired(x: ArrayLike, y: ArrayLike) -> int:
     """Number of paired samples m; raises if x and y disagree or are not sample arrays."""
-    nx = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
-    ny = y.shape[0] if hasattr(y, "shape") and len(y.shape) else None
-    if nx is None or ny is None:
-        nx, ny = len(as_tensor(x, dtype=None)), len(as_tensor(y, dtype=None))
+    def n_samples(v: ArrayLike, name: str) -> int:
+        shape = tuple(v.shape) if hasattr(v, "shape") else tuple(as_tensor(v, dtype=None).shape)
+        if len(shape) == 0:
+            raise ValueError(f"{name} is a scalar; pass samples of shape (m, ...) (one row per sample).")
+        return int(shape[0])
+
+    nx, ny = n_samples(x, "x"), n_samples(y, "y")
     if nx != ny:
         raise ValueError(f"x has {nx} samples but y has {ny}; pass paired samples (same first dimension).")
     return int(nx)

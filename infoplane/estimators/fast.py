@@ -54,6 +54,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from infoplane.device import resolve_device
 from infoplane import kernels as _k
 from infoplane.estimators.lowrank import (CholeskyFactor, extend_cholesky, gram_columns, pivoted_cholesky,
                                           rbf_columns)
@@ -158,7 +159,7 @@ def available_memory_bytes(device: Optional[DeviceLike] = None) -> int:
     CUDA: free memory from ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of /proc/meminfo,
     else ``os.sysconf`` available pages. Tests monkeypatch this function.
     """
-    dev = torch.device(device if device is not None else "cpu")
+    dev = resolve_device(device if device is not None else "cpu")
     if dev.type == "cuda":
         free, _total = torch.cuda.mem_get_info(dev)
         return int(free)
@@ -200,7 +201,7 @@ def _check_exact_memory(m: int, device: torch.device, dtype: torch.dtype, what: 
 
 # --------------------------------------------------------------------------- factors
 def _check_device(device: DeviceLike) -> torch.device:
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu'.")
     return dev

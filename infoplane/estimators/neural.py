@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from infoplane.device import resolve_device
 from tqdm.auto import tqdm
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -186,7 +187,7 @@ def to_unit_range(x: ArrayLike, mode: str = "minmax",
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; pass device='cpu'")
     return dev

@@ -153,9 +153,13 @@ def _check_choice(value: str, choices: tuple, name: str) -> str:
     return v
 
 
+#: Smallest number of samples (and minibatch size) for which a value and its exact chance level exist.
+MIN_SAMPLES = 4
+
+
 def _check_batch_size(batch_size: Any, n: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 4:
-        raise ValueError(f"batch_size must be an integer >= 4 (the exact null variance needs m >= 4), "
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < MIN_SAMPLES:
+        raise ValueError(f"batch_size must be an integer >= {MIN_SAMPLES} (the exact null variance needs m >= 4), "
                          f"got {batch_size!r}.")
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} is larger than the {n} samples given; pass a smaller "
@@ -166,10 +170,9 @@ def _check_batch_size(batch_size: Any, n: int) -> int:
 def _device(device: DeviceLike, x: Any) -> torch.device:
     if device is None:
         return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} requested but CUDA is not available; use device='cpu'.")
-    return dev
+    from infoplane.device import resolve_device
+
+    return resolve_device(device)
 
 
 def _n_samples(x: Any, y: Any) -> int:
@@ -204,6 +207,9 @@ def assess(x: Any, y: Any, estimator: Union[str, EstimatorSpec] = "nhsic", *, pr
     squared = _squared(distance)
     kw = check_estimator_params(spec, params)
     n = _n_samples(x, y)
+    if n < MIN_SAMPLES:
+        raise ValueError(f"got {n} paired sample(s); a dependence value needs at least {MIN_SAMPLES} (the exact "
+                         "chance level needs m >= 4, and below that every value is indistinguishable from chance).")
     dev = _device(device, x)
     sx = sigma if sigma_x is None else sigma_x
     sy = sigma if sigma_y is None else sigma_y
