@@ -249,16 +249,42 @@ class Checkpoint:
             fn: Callable[..., nn.Module] = get_model_factory(self.model_name)
         else:
             fn = resolve_factory(factory)
+        self._check_buildable(fn, strict)
         try:
             model = fn(**self.model_kwargs)
-        except TypeError as err:
-            raise CheckpointError(f"{self.path}: could not build {self.model_name!r} with kwargs "
-                                  f"{self.model_kwargs}: {err}") from None
+        except Exception as err:  # a factory can fail in any way on damaged kwargs
+            raise CheckpointError(self._kwargs_message(err)) from None
         if not isinstance(model, nn.Module):
             raise CheckpointError(f"{self.path}: the factory returned {type(model).__name__}, not an nn.Module")
         check_state_dict(model, self.state_dict, strict=strict, source=str(self.path))
         model.load_state_dict(self.state_dict, strict=strict)
         return model.to(device).eval()
+
+    def _kwargs_message(self, err: BaseException) -> str:
+        return (f"{self.path}: could not build {self.model_name!r} from the recorded model kwargs "
+                f"{self.model_kwargs} ({type(err).__name__}: {' '.join(str(err).split())[:300]}); the checkpoint's "
+                "'model.kwargs' field is damaged or was edited - re-save the checkpoint with the kwargs the model "
+                "was trained with")
+
+    def _check_buildable(self, fn: Callable[..., nn.Module], strict: bool) -> None:
+        """Build the model on the ``meta`` device first (no memory): damaged kwargs (negative or huge
+        sizes) become a :class:`CheckpointError` naming the field before anything is allocated."""
+        from infoplane.device import available_memory_bytes
+
+        try:
+            with torch.device("meta"):
+                meta = fn(**self.model_kwargs)
+        except Exception:  # bad kwargs fail the real build too (and it names them); a factory with
+            return         # data-dependent code may only fail on 'meta': the real build decides
+        if not isinstance(meta, nn.Module):
+            return
+        check_state_dict(meta, self.state_dict, strict=strict, source=str(self.path))
+        need = sum(t.numel() * t.element_size() for t in list(meta.parameters()) + list(meta.buffers()))
+        avail = available_memory_bytes("cpu")
+        if need > avail:
+            raise CheckpointError(f"{self.path}: the model described by 'model.kwargs' {self.model_kwargs} needs "
+                                  f"{need / 2 ** 30:.1f} GiB but {avail / 2 ** 30:.1f} GiB is available; the "
+                                  "kwargs are damaged or the model is too large for this machine")
 
     def build_inference_model(self, factory: Optional[Factory] = None, device: Union[str, torch.device] = "cpu"
                               ) -> nn.Module:
@@ -287,7 +313,17 @@ class Checkpoint:
                 "model": {"name": self.model_name, "kwargs": self.model_kwargs}, "epoch": self.epoch,
                 "step": self.step, "regime": self.regime, "dataset": self.dataset, "metrics": self.metrics,
                 "seed": self.seed, "created": self.created, "versions": self.versions,
-                "has_aux_state": self.aux_state is not None}
+                "has_aux_state": self.aux_state is not None, "parameters": self.parameter_count(),
+                "nonfinite_weights": self.nonfinite_weights()}
+
+    def parameter_count(self) -> int:
+        """Number of scalars in the state_dict."""
+        return int(sum(v.numel() for v in self.state_dict.values() if torch.is_tensor(v)))
+
+    def nonfinite_weights(self) -> int:
+        """Number of NaN/inf scalars in the state_dict (non-zero: training diverged)."""
+        return int(sum(int((~torch.isfinite(v)).sum()) for v in self.state_dict.values()
+                       if torch.is_tensor(v) and v.is_floating_point()))
 
 
 def resolve_factory(factory: Factory) -> Callable[..., nn.Module]:
@@ -382,6 +418,30 @@ def _foreign_message(path: Path, obj: Any) -> str:
             f"{'/'.join(_STATE_DICT_KEYS)}, or re-save your model with save_checkpoint(...).")
 
 
+def _check_fields(path: Path, obj: Mapping[str, Any]) -> None:
+    """Types of the record's fields; a damaged or hand-edited one is named in the error."""
+    def bad(field: str, want: str, got: Any) -> CheckpointError:
+        return CheckpointError(f"{path}: field {field!r} must be {want}, got {type(got).__name__} {str(got)[:60]!r}; "
+                               "the file is damaged or was edited - re-save it with save_checkpoint(...)")
+
+    for field in ("epoch", "step"):
+        v = obj[field]
+        if field == "step" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < -1:
+            raise bad(field, "an integer >= 0", v)
+    kwargs = obj["model"].get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise bad("model.kwargs", "a dict of keyword arguments", kwargs)
+    for field in ("regime", "dataset", "metrics", "versions"):
+        v = obj.get(field)
+        if v is not None and not isinstance(v, dict):
+            raise bad(field, "a dict (or None)", v)
+    bad_keys = [k for k, v in obj["state_dict"].items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad_keys:
+        raise bad("state_dict", "a dict of name -> tensor", obj["state_dict"][bad_keys[0]])
+
+
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
     """Open an ``infoplane.checkpoint/1`` file with ``torch.load(weights_only=True)``.
 
@@ -407,6 +467,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
     model = obj["model"]
     if not isinstance(model, dict) or "name" not in model or not isinstance(obj["state_dict"], dict):
         raise CheckpointError(f"{path}: 'model' must be {{'name', 'kwargs'}} and 'state_dict' a dict")
+    _check_fields(path, obj)
     return Checkpoint(path=path, sha256=digest, format=fmt, model_name=str(model["name"]),
                       model_kwargs=dict(model.get("kwargs") or {}), state_dict=obj["state_dict"],
                       epoch=int(obj["epoch"]), step=int(obj["step"]), regime=dict(obj["regime"] or {}),

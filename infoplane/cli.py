@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int_at_least(4), default=None, help="stratified seeded subset of N samples (default all)")
     e.add_argument("--batch-size", type=int_at_least(1), default=256)
     e.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    e.add_argument("--allow-nonfinite", action="store_true",
+                   help="store NaN/inf activations (estimate marks those layers) instead of stopping with an "
+                        "error naming the checkpoint and layer")
     e.add_argument("--data-root", default="data")
     e.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
                    help="rebuild a model not in the registry with this function (your own code)")
@@ -171,7 +174,7 @@ def _cmd_extract(a) -> int:
 
     out = extract(a.checkpoints, layers=a.layers, out=a.out, split=a.split, samples=a.samples,
                   batch_size=a.batch_size, dtype=a.dtype, data_root=a.data_root, device=a.device,
-                  model_factory=a.model_factory, progress=not a.no_progress,
+                  model_factory=a.model_factory, progress=not a.no_progress, allow_nonfinite=a.allow_nonfinite,
                   command="infoplane " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     from infoplane.store import ActivationStore
 
@@ -227,9 +230,11 @@ def _cmd_info(a) -> int:
     if path.is_dir():
         raise ValueError(f"{str(path)!r} is a directory; pass a checkpoint (.pt) or a store (.h5) in it, or use "
                          "--weights to read every checkpoint of a run directory")
+    if path.suffix.lower() == ".csv":
+        return _info_estimates(path)
     import h5py
 
-    if h5py.is_hdf5(path):
+    if path.suffix.lower() in (".h5", ".hdf5") or h5py.is_hdf5(path):
         from infoplane.store import ActivationStore
 
         with ActivationStore(path) as st:
@@ -256,7 +261,21 @@ def _cmd_info(a) -> int:
     else:
         print(f"checkpoint {path}")
         for k, v in summ.items():
-            print(f"  {k:<12} {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+            print(f"  {k:<18} {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    return 0
+
+
+def _info_estimates(path: Path) -> int:
+    from infoplane.plot import left_out_rows, read_estimates
+
+    df = read_estimates(path)
+    print(f"estimates table {path}: {len(df)} rows")
+    for col in ("run", "estimator", "protocol", "checkpoint", "layer", "target"):
+        if col in df.columns:
+            vals = [str(v) for v in dict.fromkeys(df[col].dropna())]
+            print(f"  {col:<11} {len(vals):>4}: {', '.join(vals[:8])}{' ...' if len(vals) > 8 else ''}")
+    for note in left_out_rows(df):
+        print(f"  {note}")
     return 0
 
 

@@ -384,6 +384,11 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
                     res = runner.result(reader, target, shuffled=False)
                 except _NotApplicable:
                     continue  # e.g. a label-only estimator and target x: no row
+                if res.null_sd == 0.0:
+                    side = ("the labels have a single class" if target == "y" and len(np.unique(store.labels())) < 2
+                            else "one side is constant in every batch (e.g. a dead layer)")
+                    log.warning("%s: checkpoint %r, layer %r, target %s: %s, so the value is %g and no chance "
+                                "level exists (z and adjusted are NaN)", path, c, name, target, side, res.value)
                 base = runner.result(reader, target, shuffled=True) if baseline else None
                 seconds = time.perf_counter() - t0
                 d = res.to_dict()

@@ -8,6 +8,7 @@ an interrupted one from its last written batch.
 """
 from __future__ import annotations
 
+import logging
 import platform
 import sys
 import warnings
@@ -24,6 +25,7 @@ from infoplane.hooks import LayerSpec, capture, resolve_layers, split_call_name
 from infoplane.store import ActivationStore, StoreError
 
 PathLike = Union[str, Path]
+log = logging.getLogger(__name__)
 
 
 def _versions() -> Dict[str, str]:
@@ -63,6 +65,25 @@ def select_samples(labels: Union[np.ndarray, torch.Tensor], samples: Union[None,
         raise ValueError(f"sample indices contain {idx.size - np.unique(idx).size} duplicate(s); a repeated sample "
                          "inflates every dependence value, so pass each index once")
     return idx
+
+
+class NonFiniteActivationError(ValueError):
+    """A layer produced NaN/inf activations (or overflowed the float16 storage)."""
+
+
+def _nonfinite_message(ck_path: Path, layer: str, bad: int, start: int, z: torch.Tensor, dtype: str,
+                       state_dict: Any) -> str:
+    if bool(torch.isfinite(z).all()):
+        cause = (f"the values are finite in float32 but overflow float16 (max |z| = {float(z.abs().max()):.3g} > "
+                 "65504); use --dtype float32")
+    elif any(torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+             for v in state_dict.values()):
+        cause = "the checkpoint's weights contain NaN/inf (training diverged); use an earlier checkpoint"
+    else:
+        cause = "the forward pass overflows with these weights"
+    return (f"{ck_path}: layer {layer!r} has {bad} sample row(s) with NaN/inf activations (rows from {start}); "
+            f"{cause}. Nothing of this checkpoint was kept; pass --allow-nonfinite (allow_nonfinite=True) to "
+            "store them anyway (estimate then marks the layer).")
 
 
 def _recorded_sizes(ck: Any) -> Dict[str, Any]:
@@ -106,7 +127,7 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
             out: PathLike = "acts.h5", split: str = "test", samples: Union[None, int, Sequence[int]] = None,
             batch_size: int = 256, dtype: str = "float32", data_root: PathLike = "data",
             device: Union[str, torch.device] = "cpu", model_factory: Optional[str] = None,
-            progress: bool = True, command: Optional[str] = None) -> Path:
+            progress: bool = True, command: Optional[str] = None, allow_nonfinite: bool = False) -> Path:
     """Extract activations of ``layers`` for every checkpoint into the store ``out``.
 
     checkpoints: ``.pt`` files of format ``infoplane.checkpoint/1`` (same model and dataset). Each is
@@ -117,7 +138,10 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
     ``metrics_samples`` (``same`` when the recorded accuracy was computed on exactly these samples).
     layers: ``"all"`` (a LayeredNet's top-level layers), names, or glob patterns (see ``hooks``).
     samples: None (the whole split), N (stratified seeded subset) or explicit dataset indices.
-    dtype: ``float32`` or ``float16`` storage. Returns the store path.
+    dtype: ``float32`` or ``float16`` storage. allow_nonfinite: store NaN/inf activations (the
+    layer's ``nonfinite_rows`` attribute counts them) instead of raising
+    :class:`NonFiniteActivationError`, which names the checkpoint, layer and rows and keeps nothing
+    of that checkpoint. Returns the store path.
     """
     from infoplane.device import resolve_device
 
@@ -206,9 +230,16 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
                         for order, (lname, z) in enumerate(acts.items()):
                             path_, call = split_call_name(lname)
                             s = max(done - row, 0)
-                            store.write_layer_rows(cid, lname, row + s, z[s:].float().cpu().numpy(),
-                                                   dtype=dtype, module_path=path_, call_index=call,
-                                                   order=order)
+                            bad = store.write_layer_rows(cid, lname, row + s, z[s:].float().cpu().numpy(),
+                                                         dtype=dtype, module_path=path_, call_index=call,
+                                                         order=order)
+                            if bad and not allow_nonfinite:
+                                store.discard_checkpoint(cid)
+                                raise NonFiniteActivationError(_nonfinite_message(
+                                    ck_path, lname, bad, row + s, z[s:], dtype, ck.state_dict))
+                            if bad:
+                                log.warning("%s, layer %s: %d row(s) with NaN/inf stored (allow_nonfinite); "
+                                            "estimate marks the layer", ck_path, lname, bad)
                         store.set_rows_done(cid, row + b)
                     row += b
             if write_inputs:
@@ -221,4 +252,4 @@ def extract(checkpoints: Union[PathLike, Sequence[PathLike]], layers: LayerSpec 
     return out
 
 
-__all__ = ["extract", "select_samples", "metrics_samples", "StoreError"]
+__all__ = ["extract", "select_samples", "metrics_samples", "StoreError", "NonFiniteActivationError"]

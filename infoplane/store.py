@@ -70,7 +70,10 @@ def _acquire_lock(path: Path):
 
 def _open_error(path: Path, exc: OSError) -> StoreError:
     msg = str(exc)
-    if "lock" in msg.lower():
+    if "truncated file" in msg.lower():
+        return StoreError(f"{str(path)!r} is truncated ({msg.split('(')[-1].rstrip(')')}); it was cut short by a "
+                          "copy or a full disk. Re-copy it, or delete it and run `infoplane extract` again")
+    if "unable to lock" in msg.lower():
         return StoreError(f"{str(path)!r} is in use by another process writing to it (HDF5 file lock); wait for "
                           "it to finish, or write to another --out")
     size = path.stat().st_size if path.exists() else 0
@@ -150,6 +153,66 @@ class ActivationStore:
             raise StoreError(f"{str(self.path)!r} is not an infoplane activation store (format "
                              f"{fmt!r}, expected {FORMAT!r}); create one with `infoplane extract`")
         self.mode = mode
+        try:
+            self._check_structure()
+        except StoreError:
+            self.close()
+            raise
+
+    def _check_structure(self) -> None:
+        """Metadata-only consistency checks (no data read): every group, field and shape the readers
+        rely on. A damaged or hand-edited store is a :class:`StoreError` naming the field."""
+        f, n_path = self._f, str(self.path)
+
+        def damaged(what: str) -> StoreError:
+            return StoreError(f"{n_path!r} is damaged: {what}; re-create it with `infoplane extract` into a new --out")
+
+        for name in ("samples/index", "samples/label", "samples/input", "checkpoints"):
+            if name not in f:
+                raise damaged(f"'{name}' is missing")
+        idx, lab = f["samples/index"], f["samples/label"]
+        if not hasattr(idx, "shape") or len(idx.shape) != 1 or idx.dtype.kind not in "iu":
+            raise damaged("'samples/index' must be a 1-D integer dataset")
+        n = int(idx.shape[0])
+        if not hasattr(lab, "shape") or tuple(lab.shape) != (n,) or lab.dtype.kind not in "iu":
+            raise damaged(f"'samples/label' must hold one integer label per sample, shape ({n},); "
+                          f"found {getattr(lab, 'dtype', '?')} of shape {getattr(lab, 'shape', '?')}")
+        if tuple(f["samples/input"].shape[:1]) != (n,):
+            raise damaged(f"'samples/input' has {f['samples/input'].shape[0]} rows for {n} samples")
+        index, labels = idx[()], lab[()]
+        if n and np.unique(index).size != n:
+            raise damaged(f"'samples/index' repeats {n - np.unique(index).size} sample(s); every sample must be "
+                          "stored once")
+        n_classes = _unjson(f.attrs.get("dataset", "{}"))
+        n_classes = n_classes.get("num_classes") if isinstance(n_classes, dict) else None
+        if n and (labels.min() < 0 or (isinstance(n_classes, int) and labels.max() >= n_classes)):
+            raise damaged(f"'samples/label' holds labels in [{labels.min()}, {labels.max()}] but the dataset has "
+                          f"{n_classes} classes (0..{(n_classes or 0) - 1})")
+        for attr in ("model", "dataset", "provenance"):
+            raw = f.attrs.get(attr, "{}")
+            val = _unjson(raw)
+            if not isinstance(val, dict):
+                raise damaged(f"the root attribute {attr!r} is not a JSON object ({str(raw)[:40]!r})")
+        for cid, g in f["checkpoints"].items():
+            for attr in ("epoch", "step", "rows_done"):
+                try:
+                    int(g.attrs.get(attr, -1))
+                except (TypeError, ValueError):
+                    raise damaged(f"checkpoint {cid!r}: attribute {attr!r} is not an integer "
+                                  f"({g.attrs.get(attr)!r})") from None
+            if not bool(g.attrs.get("complete", False)):
+                continue
+            if int(g.attrs.get("rows_done", -1)) != n:
+                raise damaged(f"checkpoint {cid!r} is marked complete with {g.attrs.get('rows_done')} of {n} rows")
+            if "layers" not in g or not len(g["layers"]):
+                raise damaged(f"checkpoint {cid!r} is marked complete but holds no layers")
+            for lname, ds in g["layers"].items():
+                if not hasattr(ds, "shape") or len(ds.shape) < 1 or int(ds.shape[0]) != n:
+                    raise damaged(f"checkpoint {cid!r}, layer {lname!r} has shape {getattr(ds, 'shape', '?')}; "
+                                  f"expected {n} rows (one per sample)")
+                if ds.dtype not in (np.dtype("float32"), np.dtype("float16")):
+                    raise damaged(f"checkpoint {cid!r}, layer {lname!r} has dtype {ds.dtype}; stores hold "
+                                  "float32 or float16 activations")
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -364,8 +427,12 @@ class ActivationStore:
 
     def write_layer_rows(self, ckpt: str, layer: str, start: int, z: np.ndarray, *,
                          dtype: str = "float32", module_path: Optional[str] = None,
-                         call_index: int = 1, order: int = 0) -> None:
-        """Write rows ``[start, start+len(z))`` of a layer; creates the dataset on first use."""
+                         call_index: int = 1, order: int = 0) -> int:
+        """Write rows ``[start, start+len(z))`` of a layer; creates the dataset on first use.
+
+        Returns the number of written rows holding NaN/inf *after* the cast to the storage dtype
+        (float16 overflows above 65504); the layer's ``nonfinite_rows`` attribute keeps the total.
+        """
         self._require_write()
         g = self._group(ckpt)["layers"]
         z = np.asarray(z)
@@ -385,7 +452,21 @@ class ActivationStore:
         if z.shape[1:] != ds.shape[1:] or start < 0 or start + z.shape[0] > n:
             raise ValueError(f"layer {layer!r}: rows of shape {z.shape} at {start} do not fit the "
                              f"stored dataset {ds.shape}")
-        ds[start:start + z.shape[0]] = z.astype(ds.dtype, copy=False)
+        stored = z.astype(ds.dtype, copy=False)
+        bad = int((~np.isfinite(stored.reshape(stored.shape[0], -1))).any(axis=1).sum()) if stored.size else 0
+        ds[start:start + z.shape[0]] = stored
+        if bad:
+            ds.attrs["nonfinite_rows"] = int(ds.attrs.get("nonfinite_rows", 0)) + bad
+        return bad
+
+    def discard_checkpoint(self, ckpt: str) -> None:
+        """Remove an *incomplete* checkpoint group (e.g. one refused for non-finite activations)."""
+        self._require_write()
+        g = self._group(ckpt)
+        if bool(g.attrs.get("complete", False)):
+            raise StoreError(f"checkpoint {ckpt!r} of {str(self.path)!r} is complete; refusing to discard it")
+        del self._f["checkpoints"][ckpt]
+        self._f.flush()
 
     def set_rows_done(self, ckpt: str, rows: int) -> None:
         self._require_write()

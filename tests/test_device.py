@@ -13,7 +13,7 @@ def test_cpu_and_auto():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_gpu_is_a_clear_error():
-    with pytest.raises(ValueError, match="cuda requested but not available"):
+    with pytest.raises(ValueError, match="CUDA requested but not available"):
         resolve_device("cuda")
 
 

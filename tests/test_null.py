@@ -85,8 +85,8 @@ def test_registry():
     spec = register_estimator("test-probe", "neural", lambda x, y, epochs: 0.5 * epochs, "a test", {"epochs": 1})
     try:
         assert spec.kind == "neural" and "test-probe" in list_estimators("neural")
-        assert infoplane.dependence(np.zeros((3, 2)), np.array([0, 1, 0]), "test-probe") == 0.5
-        assert infoplane.dependence(np.zeros((3, 2)), np.array([0, 1, 0]), "test-probe", epochs=3) == 1.5
+        assert infoplane.dependence(np.zeros((4, 2)), np.array([0, 1, 0, 1]), "test-probe") == 0.5
+        assert infoplane.dependence(np.zeros((4, 2)), np.array([0, 1, 0, 1]), "test-probe", epochs=3) == 1.5
     finally:
         registry._REGISTRY.pop("test-probe", None)  # keep the global registry clean for other tests
 

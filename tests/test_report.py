@@ -145,7 +145,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError):
         report.build_report([tmp_path / "x.txt"], tmp_path / "rep")
     pd.DataFrame({"a": [1]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match="not an estimates table"):
+    with pytest.raises(ValueError, match="not an estimates CSV"):
         report.build_report([tmp_path / "bad.csv"], tmp_path / "rep")
     _estimates_csv(tmp_path / "est.csv")
     with pytest.raises(ValueError, match="unknown report option"):

@@ -54,7 +54,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from infoplane.device import resolve_device
+from infoplane.device import available_memory_bytes, resolve_device
 from infoplane import kernels as _k
 from infoplane.estimators.lowrank import (CholeskyFactor, extend_cholesky, gram_columns, pivoted_cholesky,
                                           rbf_columns)
@@ -153,27 +153,6 @@ class FullSampleNHSIC:
 
 
 # --------------------------------------------------------------------------- memory guard
-def available_memory_bytes(device: Optional[DeviceLike] = None) -> int:
-    """Memory available for new allocations on ``device`` (bytes).
-
-    CUDA: free memory from ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of /proc/meminfo,
-    else ``os.sysconf`` available pages. Tests monkeypatch this function.
-    """
-    dev = resolve_device(device if device is not None else "cpu")
-    if dev.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(dev)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62      # unknown: do not block
 
 
 def exact_memory_bytes(m: int, itemsize: int = 8) -> int:
@@ -201,10 +180,7 @@ def _check_exact_memory(m: int, device: torch.device, dtype: torch.dtype, what: 
 
 # --------------------------------------------------------------------------- factors
 def _check_device(device: DeviceLike) -> torch.device:
-    dev = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu'.")
-    return dev
+    return resolve_device(device)
 
 
 def factor_from_features(F: torch.Tensor, *, method: str, residual_trace: float = 0.0,
