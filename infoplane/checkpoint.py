@@ -128,9 +128,39 @@ def _regime_record(regime: Any) -> Dict[str, Any]:
     raise ValueError(f"regime must be a name or a dict, got {type(regime).__name__}")
 
 
+def content_digest(record: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint record's content (every field but ``digest``; tensors by name, dtype,
+    shape and bytes), written into the file on save and verified on load: ``torch.load`` does not
+    check the zip CRCs, so without it a damaged weight loads silently."""
+    h = hashlib.sha256()
+
+    def feed(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(obj, Mapping):
+            h.update(b"{")
+            for k in sorted(obj, key=str):
+                feed(str(k))
+                feed(obj[k])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for v in obj:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+    feed({k: v for k, v in record.items() if k != "digest"})
+    return h.hexdigest()
+
+
 def _atomic_save(payload: Dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
+    payload = {**payload, "digest": content_digest(payload)}
     try:
         torch.save(payload, partial)
         os.replace(partial, path)
@@ -468,6 +498,9 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
     if not isinstance(model, dict) or "name" not in model or not isinstance(obj["state_dict"], dict):
         raise CheckpointError(f"{path}: 'model' must be {{'name', 'kwargs'}} and 'state_dict' a dict")
     _check_fields(path, obj)
+    if "digest" in obj and obj["digest"] != content_digest(obj):
+        raise CheckpointError(f"{path}: damaged - its content no longer matches the digest written when it was "
+                              "saved (a flipped or truncated byte); re-copy it or re-create it")
     return Checkpoint(path=path, sha256=digest, format=fmt, model_name=str(model["name"]),
                       model_kwargs=dict(model.get("kwargs") or {}), state_dict=obj["state_dict"],
                       epoch=int(obj["epoch"]), step=int(obj["step"]), regime=dict(obj["regime"] or {}),

@@ -68,6 +68,11 @@ def _acquire_lock(path: Path):
     return fh
 
 
+#: HDF5 file-format versions of new stores: 1.10 and later object headers carry checksums, so
+#: a damaged attribute or group (not only a damaged data chunk) is detected on read.
+LIBVER = ("v110", "latest")
+
+
 def _open_error(path: Path, exc: OSError) -> StoreError:
     msg = str(exc)
     if "truncated file" in msg.lower():
@@ -140,11 +145,17 @@ class ActivationStore:
                                     "create one with `infoplane extract`")
         self._lock = _acquire_lock(self.path) if mode == "a" else None
         try:
-            self._f = h5py.File(self.path, mode)
+            self._f = h5py.File(self.path, mode, **({"libver": LIBVER} if mode == "a" else {}))
         except OSError as exc:
             self._release()
             raise _open_error(self.path, exc) from None
-        fmt = self._f.attrs.get("format")
+        try:
+            fmt = self._f.attrs.get("format")
+        except (OSError, KeyError, RuntimeError) as exc:  # the root object header itself is damaged
+            self._f.close()
+            self._release()
+            raise StoreError(f"{str(self.path)!r} is damaged (HDF5 root unreadable: {exc}); re-create it with "
+                             "`infoplane extract` into a new --out") from None
         if isinstance(fmt, bytes):
             fmt = fmt.decode()
         if fmt != FORMAT or "samples" not in self._f:
@@ -160,12 +171,32 @@ class ActivationStore:
             raise
 
     def _check_structure(self) -> None:
-        """Metadata-only consistency checks (no data read): every group, field and shape the readers
-        rely on. A damaged or hand-edited store is a :class:`StoreError` naming the field."""
+        """Consistency checks on open: every group, attribute, shape and dtype the readers rely on,
+        plus the (small) sample index and labels. Object headers carry checksums (``LIBVER``), so
+        reading every attribute here detects damaged metadata. A damaged or hand-edited store is a
+        :class:`StoreError` naming the object or field."""
+        try:
+            self._check_objects()
+        except StoreError:
+            raise
+        except (OSError, KeyError, RuntimeError, AttributeError, ValueError, TypeError) as exc:
+            raise StoreError(f"{str(self.path)!r} is damaged (HDF5 metadata unreadable: {exc}); re-create it with "
+                             "`infoplane extract` into a new --out") from None
+
+    def _check_objects(self) -> None:
         f, n_path = self._f, str(self.path)
 
         def damaged(what: str) -> StoreError:
             return StoreError(f"{n_path!r} is damaged: {what}; re-create it with `infoplane extract` into a new --out")
+
+        def read_attrs(obj: Any, where: str, required: Sequence[str]) -> Dict[str, Any]:
+            names = list(obj.attrs.keys())
+            missing = [a for a in required if a not in names]
+            if missing:
+                raise damaged(f"{where} lacks the attribute(s) {missing}")
+            return {a: obj.attrs[a] for a in names}  # h5py raises on a damaged attribute
+
+        read_attrs(f, "the root", ("format", "model", "dataset", "provenance", "split", "samples_complete"))
 
         for name in ("samples/index", "samples/label", "samples/input", "checkpoints"):
             if name not in f:
@@ -193,20 +224,28 @@ class ActivationStore:
             val = _unjson(raw)
             if not isinstance(val, dict):
                 raise damaged(f"the root attribute {attr!r} is not a JSON object ({str(raw)[:40]!r})")
-        for cid, g in f["checkpoints"].items():
+        for cid in list(f["checkpoints"].keys()):
+            g = f["checkpoints"].get(cid)
+            if g is None or not hasattr(g, "attrs"):
+                raise damaged(f"checkpoint group {cid!r} cannot be opened")
+            attrs = read_attrs(g, f"checkpoint {cid!r}", ("epoch", "step", "rows_done", "complete"))
             for attr in ("epoch", "step", "rows_done"):
                 try:
-                    int(g.attrs.get(attr, -1))
+                    int(attrs[attr])
                 except (TypeError, ValueError):
                     raise damaged(f"checkpoint {cid!r}: attribute {attr!r} is not an integer "
-                                  f"({g.attrs.get(attr)!r})") from None
-            if not bool(g.attrs.get("complete", False)):
+                                  f"({attrs[attr]!r})") from None
+            if not bool(attrs["complete"]):
                 continue
-            if int(g.attrs.get("rows_done", -1)) != n:
-                raise damaged(f"checkpoint {cid!r} is marked complete with {g.attrs.get('rows_done')} of {n} rows")
+            if int(attrs["rows_done"]) != n:
+                raise damaged(f"checkpoint {cid!r} is marked complete with {attrs['rows_done']} of {n} rows")
             if "layers" not in g or not len(g["layers"]):
                 raise damaged(f"checkpoint {cid!r} is marked complete but holds no layers")
-            for lname, ds in g["layers"].items():
+            for lname in list(g["layers"].keys()):
+                ds = g["layers"].get(lname)
+                if ds is None:
+                    raise damaged(f"checkpoint {cid!r}, layer {lname!r} cannot be opened")
+                read_attrs(ds, f"checkpoint {cid!r}, layer {lname!r}", ("order", "module_path"))
                 if not hasattr(ds, "shape") or len(ds.shape) < 1 or int(ds.shape[0]) != n:
                     raise damaged(f"checkpoint {cid!r}, layer {lname!r} has shape {getattr(ds, 'shape', '?')}; "
                                   f"expected {n} rows (one per sample)")
@@ -235,7 +274,7 @@ class ActivationStore:
             raise ValueError("cannot create a store with zero samples")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=LIBVER) as f:
             f.attrs["format"] = FORMAT
             f.attrs["provenance"] = _json(dict(provenance or {}))
             f.attrs["model"] = _json(dict(model))
@@ -417,7 +456,7 @@ class ActivationStore:
                 return int(g.attrs.get("rows_done", 0))
             del groups[ckpt]
         g = groups.create_group(ckpt)
-        for k, v in attrs.items():
+        for k, v in {"epoch": -1, "step": -1, **dict(attrs)}.items():
             g.attrs[k] = _json(v) if isinstance(v, (dict, list, tuple)) or v is None else v
         g.attrs["rows_done"] = 0
         g.attrs["complete"] = False
