@@ -426,7 +426,7 @@ def _torch_load(path: Path, map_location: Any) -> Any:
                 f"convert it with infoplane.checkpoint.wrap_state_dict(state_dict, out_path, model_name=..., "
                 f"model_kwargs=..., dataset=...).") from None
         raise CheckpointError(f"{path}: not a torch checkpoint or corrupt ({text.splitlines()[0] if text else ''})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as err:
+    except Exception as err:  # a damaged archive can fail anywhere inside the unpickler
         raise CheckpointError(f"{path}: not a torch checkpoint or corrupt/truncated file "
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 

@@ -61,8 +61,15 @@ def _names(value: Optional[str]) -> Optional[List[str]]:
     return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (exit 2) pointing at ``--help``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infoplane", description="Information-plane analysis of neural "
+    p = OneLineErrorParser(prog="infoplane", description="Information-plane analysis of neural "
                                 "networks: checkpoints -> activations -> estimates -> figures.")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

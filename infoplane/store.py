@@ -491,7 +491,8 @@ class ActivationStore:
         if z.shape[1:] != ds.shape[1:] or start < 0 or start + z.shape[0] > n:
             raise ValueError(f"layer {layer!r}: rows of shape {z.shape} at {start} do not fit the "
                              f"stored dataset {ds.shape}")
-        stored = z.astype(ds.dtype, copy=False)
+        with np.errstate(over="ignore"):  # float16 overflow becomes inf: counted and reported below
+            stored = z.astype(ds.dtype, copy=False)
         bad = int((~np.isfinite(stored.reshape(stored.shape[0], -1))).any(axis=1).sum()) if stored.size else 0
         ds[start:start + z.shape[0]] = stored
         if bad:

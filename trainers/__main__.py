@@ -70,7 +70,9 @@ def _sigma(value: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS, list_presets
 
-    p = argparse.ArgumentParser(prog="python -m trainers", description=__doc__,
+    from infoplane.cli import OneLineErrorParser
+
+    p = OneLineErrorParser(prog="python -m trainers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=_S)
     g = p.add_argument_group("preset (explicit flags override it)")
     g.add_argument("--preset", choices=list_presets(), metavar="NAME",
@@ -259,13 +261,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = config_from_args(args)
         paths = train(config)
     except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         print(f"interrupted: the checkpoints written so far are complete and kept in {out!r} (a checkpoint file "
               "is only ever renamed into place when whole)", file=sys.stderr)
         return 130
+    except Exception as err:  # anything unforeseen: one line (the data written so far is complete)
+        print(f"{parser.prog}: error: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     print(f"wrote {len(paths)} checkpoints to {config.out}")
     return 0
 
