@@ -366,13 +366,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _run(a)
 
 
+#: What an interrupted command leaves behind (outputs are only ever renamed into place when whole).
+_KEPT_ON_INTERRUPT = {
+    "extract": "the store keeps every finished checkpoint; re-run the same command to resume",
+    "train": "the checkpoints written so far are complete and kept",
+    "demo": "the files written so far are complete",
+}
+
+
 def _run(a) -> int:
     try:
         return _COMMANDS[a.command](a)
     except BrokenPipeError:  # output piped into `head` etc.
         return 0
     except KeyboardInterrupt:
-        print("infoplane: interrupted (re-run the same command to resume)", file=sys.stderr)
+        print(f"infoplane {a.command}: interrupted; {_KEPT_ON_INTERRUPT.get(a.command, 'nothing was written')}",
+              file=sys.stderr)
         return 130
     except _ERRORS as exc:
         if a.debug:

@@ -432,3 +432,20 @@ def test_random_command_lines_never_give_a_traceback(work, data, capsys, tmp_pat
     if code == 2:
         assert len(err.strip().splitlines()) == 1, (args, err)
     assert not list(out_dir.glob("*.partial"))
+
+
+@pytest.mark.parametrize("command", ["extract", "estimate"])
+def test_ctrl_c_is_one_line_saying_what_was_kept(command, work, capsys, monkeypatch):
+    import infoplane.estimate
+    import infoplane.extract
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(infoplane.extract, "extract", interrupted)
+    monkeypatch.setattr(infoplane.estimate, "estimate_store", interrupted)
+    args = {"extract": ["extract", work["ckpts"][0], "--out", work["dir"] / "ki.h5"],
+            "estimate": ["estimate", work["store"], "--out", work["dir"] / "ki.csv"]}[command]
+    code, err = run(args, capsys)
+    assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert {"extract": "keeps every finished checkpoint", "estimate": "nothing was written"}[command] in err
