@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", nargs="+", help="a checkpoint (.pt), an activation store (.h5), or with --weights "
                                            "several checkpoints or a run directory")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--verify", action="store_true",
+                   help="stores: read every block and check its checksum (exit 2 naming each damaged layer)")
     i.add_argument("--weights", nargs="?", const="*", default=None, metavar="PARAM",
                    help="singular values of weight matrices per checkpoint (e.g. --weights w.weight; "
                         "globs allowed; default: every weight matrix)")
@@ -246,6 +248,10 @@ def _cmd_info(a) -> int:
 
         with ActivationStore(path) as st:
             info = st.info
+            damaged = st.verify() if a.verify else []
+        if damaged:
+            raise ValueError(f"{str(path)!r}: {len(damaged)} damaged dataset(s): " + "; ".join(damaged)
+                             + ". Re-extract those checkpoints into a new store")
         if a.json:
             print(json.dumps(info, indent=2, default=str))
             return 0
@@ -258,6 +264,8 @@ def _cmd_info(a) -> int:
             regime = c["regime"].get("name") if isinstance(c["regime"], dict) else c["regime"]
             layers = ", ".join(f"{n}{tuple(s)}" for n, s in c["layers"].items())
             print(f"  {c['id']:<16} epoch={c['epoch']:<4} regime={regime} {layers}{state}")
+        if a.verify:
+            print("  every block read back intact (checksums verified)")
         return 0
     from infoplane.checkpoint import load_checkpoint
 

@@ -554,6 +554,27 @@ class ActivationStore:
             raise StoreError(f"{str(self.path)!r} was written for a different sample set "
                              f"({self.n_samples} samples); use the same --samples/--split or a new --out file")
 
+    def verify(self) -> List[str]:
+        """Read every stored block (checksums verified); returns one line per damaged dataset
+        (empty: the whole store reads back intact). Reads the whole file: O(store size)."""
+        damaged: List[str] = []
+        names = [("samples/index", "the sample index"), ("samples/label", "the labels"),
+                 ("samples/input", "the stored inputs")]
+        for cid in self.checkpoints(include_incomplete=True):
+            names += [(f"checkpoints/{cid}/layers/{lname}", f"checkpoint {cid!r}, layer {lname!r}")
+                      for lname in self.layers(cid)]
+        for name, what in names:
+            ds = self._f[name]
+            step = max(1, ds.chunks[0] if ds.chunks else ds.shape[0] or 1) if ds.shape else 1
+            try:
+                if not ds.shape:
+                    ds[()]
+                for start in range(0, ds.shape[0] if ds.shape else 0, step):
+                    ds[start:start + step]
+            except OSError as exc:
+                damaged.append(f"{what} is damaged ({exc})")
+        return damaged
+
     @property
     def info(self) -> Dict[str, Any]:
         """A summary: format, path, samples, model, dataset, split, checkpoints and their layers."""

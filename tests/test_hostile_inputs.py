@@ -449,3 +449,19 @@ def test_ctrl_c_is_one_line_saying_what_was_kept(command, work, capsys, monkeypa
     code, err = run(args, capsys)
     assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert {"extract": "keeps every finished checkpoint", "estimate": "nothing was written"}[command] in err
+
+
+def test_info_verify_reads_every_block(work, capsys):
+    path = work["dir"] / "verify.h5"
+    shutil.copy(work["store"], path)
+    with h5py.File(path, "r") as f:
+        ds = f[LAYER]
+        offset = ds.id.get_chunk_info(0).byte_offset
+    raw = bytearray(path.read_bytes())
+    for i in range(offset + 10, offset + 60):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    code, err = run(["info", work["store"], "--verify"], capsys)
+    assert code == 0
+    code, err = run(["info", path, "--verify"], capsys)
+    one_line_error(code, err, r"1 damaged dataset\(s\): checkpoint 'epoch_0001', layer 'fc2' is damaged")
