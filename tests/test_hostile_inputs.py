@@ -353,17 +353,21 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+def _damaged_copy(src: Path, dst: Path, data) -> Path:
+    """``dst`` = ``src`` with 1-8 consecutive bytes XOR-ed at a drawn offset."""
+    raw = bytearray(src.read_bytes())
+    pos = data.draw(st.integers(0, len(raw) - 1), label="offset")
+    flips = data.draw(st.lists(st.integers(1, 255), min_size=1, max_size=8), label="xor")
+    for i, v in enumerate(flips[:len(raw) - pos]):
+        raw[pos + i] ^= v
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
 @FUZZ
 @given(data=st.data())
 def test_random_byte_damage_to_a_store_is_an_error_or_harmless(work, data):
-    raw = bytearray(work["store"].read_bytes())
-    pos = data.draw(st.integers(0, len(raw) - 1), label="offset")
-    flips = data.draw(st.lists(st.integers(1, 255), min_size=1, max_size=8), label="xor")
-    for i, v in enumerate(flips):
-        if pos + i < len(raw):
-            raw[pos + i] ^= v
-    path = work["dir"] / "fuzz.h5"
-    path.write_bytes(bytes(raw))
+    path = _damaged_copy(work["store"], work["dir"] / "fuzz.h5", data)
     cfg = EstimateConfig(batch_size=20, progress=False)
     try:
         got = estimate_store(path, cfg)
@@ -379,14 +383,7 @@ def test_random_byte_damage_to_a_store_is_an_error_or_harmless(work, data):
 @FUZZ
 @given(data=st.data())
 def test_random_byte_damage_to_a_checkpoint_is_an_error_or_harmless(work, data):
-    raw = bytearray(work["ckpts"][0].read_bytes())
-    pos = data.draw(st.integers(0, len(raw) - 1), label="offset")
-    flips = data.draw(st.lists(st.integers(1, 255), min_size=1, max_size=8), label="xor")
-    for i, v in enumerate(flips):
-        if pos + i < len(raw):
-            raw[pos + i] ^= v
-    path = work["dir"] / "fuzz.pt"
-    path.write_bytes(bytes(raw))
+    path = _damaged_copy(work["ckpts"][0], work["dir"] / "fuzz.pt", data)
     try:
         got = load_checkpoint(path)
     except CheckpointError:
