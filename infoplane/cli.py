@@ -195,7 +195,9 @@ def _cmd_extract(a) -> int:
 
 
 def _cmd_estimate(a) -> int:
-    from infoplane.estimate import EstimateConfig, check_csv_path, estimate_store, write_csv_atomic
+    import pandas as pd
+
+    from infoplane.estimate import EstimateConfig, check_csv_path, estimate_to_csv
 
     check_csv_path(a.out)
 
@@ -204,8 +206,8 @@ def _cmd_estimate(a) -> int:
                          device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
                          distance=a.distance, progress=not a.no_progress, num_threads=a.threads,
                          allow_incomplete=a.allow_incomplete)
-    df = estimate_store(a.store, cfg)
-    out = write_csv_atomic(df, a.out)
+    out = estimate_to_csv(a.store, a.out, cfg)
+    df = pd.read_csv(out)
     print(f"wrote {out}: {len(df)} rows ({df['checkpoint'].nunique()} checkpoints x "
           f"{df['layer'].nunique()} layers x {df['target'].nunique()} targets)")
     return 0
@@ -379,6 +381,7 @@ _KEPT_ON_INTERRUPT = {
     "extract": "the store keeps every finished checkpoint; re-run the same command to resume",
     "train": "the checkpoints written so far are complete and kept",
     "demo": "the files written so far are complete",
+    "estimate": "the finished layers are kept in OUT.partial.jsonl; re-run the same command to resume",
 }
 
 

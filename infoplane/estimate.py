@@ -22,9 +22,9 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -300,6 +300,10 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
     """
     cfg = config or EstimateConfig()
     cfg.validate()
+    return _with_threads(cfg, lambda: _estimate(path, cfg))
+
+
+def _with_threads(cfg: EstimateConfig, run: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     threads = cfg.num_threads if cfg.num_threads is not None else (None if cfg.protocol == "full" else 1)
     saved = torch.get_num_threads()
     if threads is not None:
@@ -307,13 +311,19 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
             raise ValueError(f"num_threads must be >= 1, got {threads}")
         torch.set_num_threads(int(threads))
     try:
-        return _estimate(path, cfg)
+        return run()
     finally:
         torch.set_num_threads(saved)
 
 
-def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
+def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tuple, List[Dict[str, Any]]]] = None,
+              on_rows: Optional[Callable[[tuple, List[Dict[str, Any]]], None]] = None) -> pd.DataFrame:
+    """All rows of a store, in (checkpoint, layer, target) order. ``finished`` maps (checkpoint,
+    layer) to rows computed before (a resumed run: not recomputed); ``on_rows(key, rows)`` is called
+    after each newly estimated layer (``estimate_to_csv`` streams them to disk)."""
     from tqdm.auto import tqdm
+
+    finished = dict(finished or {})
 
     with ActivationStore(path) as store:
         ckpts = store.checkpoints()
@@ -368,15 +378,21 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
             rows.append({**base_row(c, a, "", 0, ""), "value": math.nan,
                          "status": f"skipped: incomplete ({int(a.get('rows_done', 0))} of {store.n_samples} rows)"})
         for c, name, i in bar:
+            if (c, name) in finished:
+                rows += finished[(c, name)]
+                continue
             a = attrs_cache.setdefault(c, store.checkpoint_attrs(c))
             reader = _LayerReader(store, c, name)
             n_bad = _non_finite(reader)
+            first = len(rows)
             if n_bad:
                 log.warning("%s: checkpoint %r, layer %r has %d non-finite activation(s) (NaN/inf); its rows are "
                             "marked and left without a value", path, c, name, n_bad)
                 for target in ("x", "y"):
                     rows.append({**base_row(c, a, name, i, target), "value": math.nan,
                                  "status": f"non-finite activations ({n_bad} values)"})
+                if on_rows is not None:
+                    on_rows((c, name), rows[first:])
                 continue
             for target in ("x", "y"):
                 t0 = time.perf_counter()
@@ -403,14 +419,96 @@ def _estimate(path: PathLike, cfg: EstimateConfig) -> pd.DataFrame:
                     "protocol": runner.protocol, "seconds": seconds, "eps": runner.eps,
                     "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path),
                     "status": OK})
+            if on_rows is not None:
+                on_rows((c, name), rows[first:])
     extra_cols = sorted({k for r in rows for k in r} - set(COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS + extra_cols)
 
 
-def estimate_to_csv(path: PathLike, out: PathLike, config: Optional[EstimateConfig] = None) -> Path:
-    """:func:`estimate_store` then an atomic CSV write; returns the CSV path."""
-    return write_csv_atomic(estimate_store(path, config), out)
+def resume_path(out: PathLike) -> Path:
+    """Where :func:`estimate_to_csv` keeps the finished rows of an unfinished run: ``OUT.partial.jsonl``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def _resume_key(path: PathLike, cfg: EstimateConfig) -> Dict[str, Any]:
+    """What must match for rows of an earlier, interrupted run to be reused: the store (path and the
+    sha256 of every checkpoint) and every setting that changes a value."""
+    with ActivationStore(path) as store:
+        ckpts = {c: str(store.checkpoint_attrs(c).get("sha256", "")) for c in store.checkpoints()}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "num_threads", "device")}
+    return json.loads(json.dumps({"store": str(Path(path).resolve()), "checkpoints": ckpts, "settings": settings},
+                                 default=str))
+
+
+def estimate_to_csv(path: PathLike, out: PathLike, config: Optional[EstimateConfig] = None,
+                    resume: bool = True) -> Path:
+    """:func:`estimate_store` writing each finished layer to ``OUT.partial.jsonl`` as it goes, then
+    the CSV atomically (``.partial`` + rename) and the partial file removed. An interrupted run
+    (Ctrl-C, a killed job) keeps the partial file; the same call again resumes from it when the
+    store and the settings are unchanged (else it starts over, saying so). Returns the CSV path."""
+    cfg = config or EstimateConfig()
+    cfg.validate()
+    out = check_csv_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = resume_path(out)
+    key = _resume_key(path, cfg)
+    finished: Dict[tuple, List[Dict[str, Any]]] = {}
+    if resume and partial.exists():
+        finished = _read_partial(partial, key)
+    with open(partial, "w") as fh:
+        fh.write(json.dumps({"resume_key": key}) + "\n")
+        for (c, layer), rows in finished.items():
+            fh.write(json.dumps({"checkpoint": c, "layer": layer, "rows": rows}) + "\n")
+        fh.flush()
+
+        def on_rows(job: tuple, rows: List[Dict[str, Any]]) -> None:
+            fh.write(json.dumps({"checkpoint": job[0], "layer": job[1], "rows": rows}, default=_json_value) + "\n")
+            fh.flush()
+
+        try:
+            df = _with_threads(cfg, lambda: _estimate(path, cfg, finished=finished, on_rows=on_rows))
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            fh.close()
+            partial.unlink(missing_ok=True)
+            raise
+    write_csv_atomic(df, out)
+    partial.unlink(missing_ok=True)
+    return out
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    return str(v)
+
+
+def _read_partial(partial: Path, key: Dict[str, Any]) -> Dict[tuple, List[Dict[str, Any]]]:
+    """Rows of an interrupted run whose resume key matches ``key``; {} (and a log line) otherwise."""
+    finished: Dict[tuple, List[Dict[str, Any]]] = {}
+    try:
+        lines = partial.read_text().splitlines()
+        head = json.loads(lines[0]) if lines else {}
+        if head.get("resume_key") != key:
+            log.warning("%s is from a run with another store or other settings; starting over", partial)
+            return {}
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # the line being written when the run was killed
+                break
+            finished[(rec["checkpoint"], rec["layer"])] = rec["rows"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        log.warning("%s is unreadable; starting over", partial)
+        return {}
+    if finished:
+        log.warning("resuming from %s: %d finished layer(s) reused", partial, len(finished))
+    return finished
 
 
 
-__all__ = ["EstimateConfig", "estimate_store", "estimate_to_csv", "write_csv_atomic", "COLUMNS"]
+__all__ = ["EstimateConfig", "estimate_store", "estimate_to_csv", "resume_path", "write_csv_atomic", "COLUMNS"]

@@ -183,3 +183,46 @@ def test_non_finite_activations_are_named_and_the_rest_estimated(tmp_path, caplo
     caplog.clear()
     plot_information_plane(df, tmp_path / "p.png")
     assert "non-finite activations" in caplog.text
+
+
+def test_estimate_to_csv_streams_rows_and_resumes_after_an_interrupt(tmp_path, monkeypatch):
+    """Finished layers survive an interrupt in OUT.partial.jsonl; the re-run reuses them and writes
+    exactly the table of an uninterrupted run (and removes the partial file)."""
+    import infoplane.estimate as est
+    from _ckpt_helpers import make_checkpoints
+    from infoplane.extract import extract
+
+    store = extract(make_checkpoints(tmp_path / "run", n=2), layers="conv2,fc1,fc2", out=tmp_path / "s.h5",
+                    samples=40, progress=False)
+    cfg = est.EstimateConfig(batch_size=20, progress=False)
+    ref = est.estimate_store(store, cfg)
+    real, calls = est._Runner.result, {"n": 0}
+
+    def flaky(self, reader, target, shuffled):
+        calls["n"] += 1
+        if calls["n"] == 7:   # the 4th layer: 3 layers (6 values) are finished
+            raise KeyboardInterrupt
+        return real(self, reader, target, shuffled)
+
+    monkeypatch.setattr(est._Runner, "result", flaky)
+    out = tmp_path / "e.csv"
+    with pytest.raises(KeyboardInterrupt):
+        est.estimate_to_csv(store, out, cfg)
+    assert not out.exists() and est.resume_path(out).exists()
+    computed = []
+
+    def counting(self, reader, target, shuffled):
+        computed.append(1)
+        return real(self, reader, target, shuffled)
+
+    monkeypatch.setattr(est._Runner, "result", counting)
+    est.estimate_to_csv(store, out, cfg)
+    assert len(computed) == 2 * 6 - 6                       # only the unfinished layers were estimated
+    got = pd.read_csv(out)
+    cols = ["checkpoint", "layer", "target", "value", "null_mean", "z"]
+    pd.testing.assert_frame_equal(got[cols], ref[cols].reset_index(drop=True), check_dtype=False)
+    assert not est.resume_path(out).exists()
+    # other settings: the partial file of another run is not reused
+    est.resume_path(out).write_text('{"resume_key": {"store": "elsewhere"}}\n')
+    est.estimate_to_csv(store, out, est.EstimateConfig(batch_size=10, progress=False))
+    assert len(pd.read_csv(out)) == len(ref)

@@ -440,12 +440,12 @@ def test_ctrl_c_is_one_line_saying_what_was_kept(command, work, capsys, monkeypa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(infoplane.extract, "extract", interrupted)
-    monkeypatch.setattr(infoplane.estimate, "estimate_store", interrupted)
+    monkeypatch.setattr(infoplane.estimate, "estimate_to_csv", interrupted)
     args = {"extract": ["extract", work["ckpts"][0], "--out", work["dir"] / "ki.h5"],
             "estimate": ["estimate", work["store"], "--out", work["dir"] / "ki.csv"]}[command]
     code, err = run(args, capsys)
     assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert {"extract": "keeps every finished checkpoint", "estimate": "nothing was written"}[command] in err
+    assert {"extract": "keeps every finished checkpoint", "estimate": "re-run the same command to resume"}[command] in err
 
 
 def test_info_verify_reads_every_block(work, capsys):
