@@ -11,7 +11,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 _ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, IsADirectoryError, PermissionError,
            OSError, ImportError)
@@ -68,49 +68,77 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the text already states one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
+def _parser(sub: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                          formatter_class=_HelpFormatter, **kw)
+
+
+PROGRESS_HELP = "no progress bars (they are off anyway when stderr is not a terminal)"
+DEVICE_HELP = "torch device: cpu, cuda, cuda:N or auto"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``infoplane`` argument parser; builds without importing torch, h5py, pandas or matplotlib."""
+    from infoplane import __version__
+
     p = OneLineErrorParser(prog="infoplane", description="Information-plane analysis of neural "
-                                "networks: checkpoints -> activations -> estimates -> figures.")
+                           "networks: checkpoints -> activations -> estimates -> figures.",
+                           formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"infoplane {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more messages (-v: what each step adapts or leaves out, -vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only (no warnings)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    e = sub.add_parser("extract", help="run checkpoints and store layer activations (HDF5)")
+    e = _parser(sub, "extract", "run checkpoints and store layer activations (HDF5)")
     e.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files (infoplane.checkpoint/1)")
     e.add_argument("--layers", default="all",
                    help="'all' (top-level layers), NAME,NAME, glob patterns ('features.*'), or 'list' to "
                         "print the layer names and exit")
-    e.add_argument("--out", default="acts.h5", help="activation store to create or append to (default acts.h5)")
-    e.add_argument("--split", default="test", choices=("train", "test"))
-    e.add_argument("--samples", type=int_at_least(4), default=None, help="stratified seeded subset of N samples (default all)")
-    e.add_argument("--batch-size", type=int_at_least(1), default=256)
-    e.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    e.add_argument("--out", default="acts.h5", help="activation store to create or append to")
+    e.add_argument("--split", default="test", choices=("train", "test"), help="dataset split to run")
+    e.add_argument("--samples", type=int_at_least(4), default=None,
+                   help="class-stratified, seeded subset of N samples (default: the whole split)")
+    e.add_argument("--batch-size", type=int_at_least(1), default=256, help="samples per forward pass")
+    e.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="storage precision")
     e.add_argument("--allow-nonfinite", action="store_true",
                    help="store NaN/inf activations (estimate marks those layers) instead of stopping with an "
                         "error naming the checkpoint and layer")
-    e.add_argument("--data-root", default="data")
+    e.add_argument("--data-root", default="data", help="folder of downloaded datasets (digits needs none)")
     e.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
                    help="rebuild a model not in the registry with this function (your own code)")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    e.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
 
-    s = sub.add_parser("estimate", help="estimate dependence of each layer on X and Y -> CSV")
+    s = _parser(sub, "estimate", "estimate the dependence of each layer on X and Y -> CSV")
     s.add_argument("store", help="activation store written by `infoplane extract`")
-    s.add_argument("--estimator", default="nhsic", help="a name from `infoplane estimators` (default nhsic)")
+    s.add_argument("--estimator", default="nhsic", help="a name from `infoplane estimators`")
     s.add_argument("--protocol", default="minibatch", choices=("minibatch", "full"),
                    help="minibatch: mean over consecutive batches of --batch-size (the paper's protocol); "
-                        "full: all samples at once (default: minibatch)")
+                        "full: all samples at once")
     s.add_argument("--full", dest="protocol", action="store_const", const="full",
                    help="shorthand for --protocol full")
     s.add_argument("--batch-size", type=int_at_least(4), default=100,
-                   help="minibatch size m of the minibatch protocol (default: 100, the paper's protocol; on "
-                        "28x28 images 500-2000 with the adjusted column shows X-dependence far better, see README)")
-    s.add_argument("--eps", type=finite_float(positive=True), default=1e-5, help="nHSIC regulariser (default: 1e-5, the paper's)")
+                   help="minibatch size m (default: 100, the paper's protocol; on 28x28 images 500-2000 with the "
+                        "adjusted column shows X-dependence far better, see docs/estimators.md)")
+    s.add_argument("--eps", type=finite_float(positive=True), default=1e-5, help="nHSIC regulariser (the paper's)")
     s.add_argument("--sigma", type=_sigma, default="paper",
-                   help="RBF bandwidth: paper (5 sqrt(d)), median, or a number (default: paper)")
+                   help="RBF bandwidth: paper (5 sqrt(d)), median, or a number")
     s.add_argument("--distance", default="squared", choices=("squared", "euclidean"),
                    help="distance in the RBF exponent: squared (standard) or euclidean (the published "
-                        "E2E-info code) (default: squared)")
+                        "E2E-info code)")
     s.add_argument("--baseline", dest="baseline", action="store_true", default=None,
                    help="also estimate on shuffled Z (empirical null; default: only for estimators without an "
                         "exact null)")
@@ -121,30 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-incomplete", action="store_true",
                    help="estimate the complete checkpoints of a store that also holds incomplete ones (they get a "
                         "'skipped' status row); default: an error naming them")
-    s.add_argument("--layers", default=None, help="comma list of stored layers (default all)")
-    s.add_argument("--checkpoints", default=None, help="comma list of checkpoint ids (default all)")
+    s.add_argument("--layers", default=None, help="comma list of stored layers or glob patterns (default: all)")
+    s.add_argument("--checkpoints", default=None,
+                   help="comma list of checkpoint ids or glob patterns, e.g. 'epoch_00*' (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the baseline shuffle")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help=DEVICE_HELP)
     s.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads (default: 1 for minibatches, torch's default for --full)")
-    s.add_argument("--out", default="estimates.csv")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--out", default="estimates.csv",
+                   help="CSV to write (finished layers are kept in OUT.partial.jsonl until the end, so an "
+                        "interrupted run resumes)")
+    s.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
 
-    pl = sub.add_parser("plot", help="information planes and per-layer curves from estimate CSVs")
+    pl = _parser(sub, "plot", "information planes and per-layer curves from estimate CSVs")
     pl.add_argument("csv", nargs="+", help="one or more CSVs of `infoplane estimate` (e.g. one per regime)")
-    pl.add_argument("--out", default="plane.png")
+    pl.add_argument("--out", default="plane.png", help="information-plane figure (.png, .pdf, .svg, ...)")
     pl.add_argument("--curves", default=None, help="per-layer curves figure (default: <out>_curves.png)")
     pl.add_argument("--estimator", default=None, help="which estimator, if the tables hold several")
-    pl.add_argument("--layers", default=None, help="comma list of layers (default all)")
-    pl.add_argument("--no-baseline", action="store_true")
+    pl.add_argument("--layers", default=None, help="comma list of layers (default: all)")
+    pl.add_argument("--no-baseline", action="store_true", help="do not draw the shuffled baseline")
     pl.add_argument("--adjusted", action="store_true",
                     help="plot the chance-adjusted value (CSV column 'adjusted': 0 = chance, 1 = perfect "
-                         "alignment) instead of the raw one; needs a table from the current `infoplane estimate`")
-    pl.add_argument("--title", default=None)
+                         "alignment) instead of the raw one")
+    pl.add_argument("--title", default=None, help="figure title")
 
-    i = sub.add_parser("info", help="summarise a checkpoint or an activation store")
-    i.add_argument("file", nargs="+", help="a checkpoint (.pt), an activation store (.h5), or with --weights "
-                                           "several checkpoints or a run directory")
+    i = _parser(sub, "info", "summarise a checkpoint, a run directory, a store or an estimates CSV")
+    i.add_argument("file", nargs="+", help="a checkpoint (.pt), a run directory, an activation store (.h5), an "
+                                           "estimates CSV, or with --weights several checkpoints")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--verify", action="store_true",
                    help="stores: read every block and check its checksum (exit 2 naming each damaged layer)")
@@ -152,20 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="singular values of weight matrices per checkpoint (e.g. --weights w.weight; "
                         "globs allowed; default: every weight matrix)")
 
-    sub.add_parser("estimators", help="list the registered estimators")
-    sub.add_parser("models", help="list the registered architectures")
+    _parser(sub, "estimators", "list the registered estimators")
+    _parser(sub, "models", "list the registered architectures")
 
-    t = sub.add_parser("train", help="train a model with a regime (forwards to `python -m trainers`)",
-                       add_help=False)
+    t = _parser(sub, "train", "train a model with a regime (`infoplane train --help` lists the options)",
+                add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
 
-    d = sub.add_parser("demo", help="E2E vs layer-wise LeNet5 on digits, end to end (a few minutes)")
-    d.add_argument("--out", default="demo")
+    d = _parser(sub, "demo", "E2E vs layer-wise LeNet5 on digits, end to end (a few minutes)")
+    d.add_argument("--out", default="demo", help="output directory")
     d.add_argument("--epochs", type=int_at_least(1), default=None, help="training epochs (default: DemoConfig)")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
 
-    from infoplane.report import add_cli as _add_report_cli  # `report` subcommand (infoplane/report.py)
-    _add_report_cli(sub)
+    r = _parser(sub, "report", "markdown report, figures and verdicts comparing runs and regimes")
+    r.add_argument("inputs", nargs="+", help="run directories, .h5 stores and/or estimates .csv files")
+    r.add_argument("--out", default="report", help="output directory")
+    r.add_argument("--estimator", default=None, help="estimator of the planes (default: nhsic if present)")
+    r.add_argument("--threshold", type=finite_float(positive=True), default=2.0,
+                   help="noise units for a significant drop")
+    r.add_argument("--chance-z", type=finite_float(positive=True), default=2.0,
+                   help="a peak less than this many null sd above chance gets no verdict")
+    r.add_argument("--reconstruct", type=int_at_least(0), default=6, help="reconstruction examples per layer (0: off)")
+    r.add_argument("--no-probe", action="store_true", help="do not run linear probes on the stores")
+    r.add_argument("--decoder-epochs", type=int_at_least(1), default=10, help="epochs of the reconstruction decoders")
+    r.add_argument("--probe-epochs", type=int_at_least(1), default=30, help="epochs of the linear probes")
+    r.add_argument("--max-samples", type=int_at_least(10), default=2000, help="stored samples used by probes/decoders")
+    r.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    r.add_argument("--seed", type=int, default=0, help="seed of probes and decoders")
+    r.add_argument("--title", default="infoplane report", help="report title")
+    r.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     return p
 
 
@@ -344,7 +390,7 @@ def _cmd_models(_a) -> int:
 def _cmd_train(a) -> int:
     from trainers.__main__ import main as train_main  # lazy: trainers depends on infoplane, not reverse
 
-    return int(train_main(list(a.args)) or 0)
+    return int(train_main(list(a.args), prog="infoplane train") or 0)
 
 
 def _cmd_demo(a) -> int:
@@ -359,7 +405,20 @@ def _cmd_demo(a) -> int:
 
 _COMMANDS = {"extract": _cmd_extract, "estimate": _cmd_estimate, "plot": _cmd_plot, "info": _cmd_info,
              "estimators": _cmd_estimators, "models": _cmd_models, "train": _cmd_train, "demo": _cmd_demo}
-_COMMANDS["report"] = lambda a: a.func(a)  # set by infoplane.report.add_cli
+
+
+def _cmd_report(a) -> int:
+    from infoplane.report import ReportConfig, build_report
+
+    cfg = ReportConfig(threshold=a.threshold, chance_z=a.chance_z, estimator=a.estimator, reconstruct=a.reconstruct,
+                       probe=not a.no_probe, decoder_epochs=a.decoder_epochs, probe_epochs=a.probe_epochs,
+                       max_samples=a.max_samples, device=a.device, seed=a.seed, progress=not a.no_progress,
+                       title=a.title)
+    print(build_report(a.inputs, a.out, cfg))
+    return 0
+
+
+_COMMANDS["report"] = _cmd_report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -369,11 +428,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # `train` forwards everything after it (including --help) to the trainers' parser
     if "train" in args_list:
         k = args_list.index("train")
-        if all(x == "--debug" for x in args_list[:k]):
-            a = argparse.Namespace(command="train", args=args_list[k + 1:], debug="--debug" in args_list[:k])
+        head = args_list[:k]
+        if all(x in ("--debug", "-q", "--quiet", "--verbose") or x.startswith("-v") and set(x[1:]) == {"v"}
+               for x in head):
+            a = parser.parse_args(head + ["train"])
+            a.args = args_list[k + 1:]
+            setup_logging(a.verbose, a.quiet)
             return _run(a)
     a = parser.parse_args(args_list)
+    setup_logging(a.verbose, a.quiet)
     return _run(a)
+
+
+_HANDLER: Optional[Any] = None
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Messages of the ``infoplane`` and ``trainers`` loggers on stderr, one line each: warnings by
+    default (samples left out, settings adapted, rows without a value), ``-v`` adds what each step
+    does, ``-vv`` debug, ``-q`` errors only."""
+    import logging
+
+    global _HANDLER
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)] if verbose < 2 \
+        else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("infoplane", "trainers"):
+        logger = logging.getLogger(name)
+        if _HANDLER is not None:
+            logger.removeHandler(_HANDLER)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    _HANDLER = handler
 
 
 #: What an interrupted command leaves behind (outputs are only ever renamed into place when whole).

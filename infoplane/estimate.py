@@ -17,6 +17,7 @@ All values come from the engine that ``infoplane.assess`` uses (``infoplane.esti
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -329,7 +330,7 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
         ckpts = store.checkpoints()
         incomplete = [c for c in store.checkpoints(include_incomplete=True) if c not in set(ckpts)]
         if cfg.checkpoints is not None:
-            incomplete = [c for c in incomplete if c in set(cfg.checkpoints)]
+            incomplete = [c for c in incomplete if any(fnmatch.fnmatchcase(c, pat) for pat in cfg.checkpoints)]
         if incomplete and not cfg.allow_incomplete:
             raise ValueError(f"{str(path)!r} holds incomplete checkpoints ({', '.join(incomplete)}): their extraction "
                              "was interrupted. Re-run `infoplane extract` with the same checkpoints and --out to finish "
@@ -340,10 +341,8 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
         if not ckpts:
             raise ValueError(f"{str(path)!r} has no complete checkpoint; run `infoplane extract` first")
         if cfg.checkpoints is not None:
-            missing = sorted(set(cfg.checkpoints) - set(ckpts) - set(incomplete))
-            if missing:
-                raise ValueError(f"checkpoints {missing} are not in {str(path)!r}; stored: {', '.join(ckpts)}")
-            ckpts = [c for c in ckpts if c in set(cfg.checkpoints)]
+            chosen = select_names(cfg.checkpoints, ckpts + incomplete, "checkpoints", str(path))
+            ckpts = [c for c in ckpts if c in chosen]
         runner = _Runner(store, cfg)
         if runner.n_batches < 1:
             raise ValueError(f"the store has {store.n_samples} samples, fewer than one batch")
@@ -353,13 +352,10 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
         jobs = []
         for c in ckpts:
             names = store.layers(c)
-            if cfg.layers is not None:
-                unknown = sorted(set(cfg.layers) - set(names))
-                if unknown:
-                    raise ValueError(f"layers {unknown} are not stored for checkpoint {c!r}; stored: "
-                                     f"{', '.join(names)}")
+            chosen = set(names) if cfg.layers is None else select_names(cfg.layers, names, "layers",
+                                                                        f"checkpoint {c!r}")
             for i, name in enumerate(names, start=1):
-                if cfg.layers is None or name in set(cfg.layers):
+                if name in chosen:
                     jobs.append((c, name, i))
         rows: List[Dict[str, Any]] = []
         attrs_cache: Dict[str, Dict[str, Any]] = {}
@@ -423,6 +419,18 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
                 on_rows((c, name), rows[first:])
     extra_cols = sorted({k for r in rows for k in r} - set(COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS + extra_cols)
+
+
+def select_names(patterns: Sequence[str], names: Sequence[str], what: str, where: str) -> set:
+    """Names matching any of ``patterns`` (exact names or globs such as ``'epoch_00*'``); a pattern
+    that matches nothing is an error listing what is stored."""
+    chosen = set()
+    for pat in patterns:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hit:
+            raise ValueError(f"--{what} {pat!r} matches nothing stored in {where}; stored: {', '.join(names)}")
+        chosen.update(hit)
+    return chosen
 
 
 def resume_path(out: PathLike) -> Path:

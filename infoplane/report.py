@@ -53,7 +53,7 @@ REQUIRED_COLUMNS = ("estimator", "target", "value", "layer", "epoch")
 STORE_SUFFIXES = (".h5", ".hdf5")
 NEURAL = ("decoder", "classifier", "linear-probe")
 
-__all__ = ["ReportConfig", "build_report", "collect_inputs", "trajectory_statistics", "add_cli", "run_cli",
+__all__ = ["ReportConfig", "build_report", "collect_inputs", "trajectory_statistics",
            "differentiation_statistics", "ib_signature", "read_estimates"]
 
 
@@ -879,39 +879,3 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
     return path
 
 
-# ----------------------------------------------------------------------------- command line
-def add_cli(subparsers: Any) -> Any:
-    """Add the ``report`` subcommand to an argparse subparsers object (used by ``infoplane.cli``)."""
-    from infoplane.cli import finite_float, int_at_least
-
-    p = subparsers.add_parser("report", help="markdown report + figures comparing runs/regimes",
-                              description="Write OUT/report.md, figures and summary tables from run "
-                                          "directories, activation stores (.h5) and estimates CSVs.")
-    p.add_argument("inputs", nargs="+", help="run directories, .h5 stores and/or estimates .csv files")
-    p.add_argument("--out", default="report", help="output directory (default: report)")
-    p.add_argument("--estimator", default=None, help="estimator of the planes (default: nhsic if present)")
-    p.add_argument("--threshold", type=finite_float(positive=True), default=2.0, help="noise units for a significant drop (2)")
-    p.add_argument("--chance-z", type=finite_float(positive=True), default=2.0,
-                   help="a peak less than this many null sd above chance gets no verdict (2)")
-    p.add_argument("--reconstruct", type=int_at_least(0), default=6, help="reconstruction examples per layer (0 = off)")
-    p.add_argument("--no-probe", action="store_true", help="do not run linear probes on the stores")
-    p.add_argument("--decoder-epochs", type=int_at_least(1), default=10)
-    p.add_argument("--probe-epochs", type=int_at_least(1), default=30)
-    p.add_argument("--max-samples", type=int_at_least(10), default=2000, help="stored samples used by probes/decoders")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--title", default="infoplane report")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: Any) -> int:
-    """Run the ``report`` subcommand from parsed arguments; prints the report path."""
-    cfg = ReportConfig(threshold=args.threshold, chance_z=args.chance_z, estimator=args.estimator, reconstruct=args.reconstruct,
-                       probe=not args.no_probe, decoder_epochs=args.decoder_epochs, probe_epochs=args.probe_epochs,
-                       max_samples=args.max_samples, device=args.device, seed=args.seed,
-                       progress=not args.no_progress, title=args.title)
-    path = build_report(args.inputs, args.out, cfg)
-    print(path)
-    return 0

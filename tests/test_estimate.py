@@ -111,7 +111,7 @@ def test_bad_configs(store):
     path = store[0]
     with pytest.raises(ValueError, match="eps"):
         estimate_store(path, EstimateConfig(eps=0, progress=False))
-    with pytest.raises(ValueError, match="not stored"):
+    with pytest.raises(ValueError, match="matches nothing stored"):
         estimate_store(path, EstimateConfig(layers=["conv9"], progress=False))
     with pytest.raises(ValueError, match="unknown estimator"):
         estimate_store(path, EstimateConfig(estimator="mine", progress=False))

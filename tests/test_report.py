@@ -153,12 +153,10 @@ def test_bad_inputs(tmp_path):
 
 
 def test_cli_entry(tmp_path, capsys):
-    import argparse
+    from infoplane.cli import main
+
     _estimates_csv(tmp_path / "est.csv")
-    ap = argparse.ArgumentParser()
-    report.add_cli(ap.add_subparsers(dest="cmd"))
-    args = ap.parse_args(["report", str(tmp_path / "est.csv"), "--out", str(tmp_path / "r"), "--no-progress"])
-    assert args.func(args) == 0
+    assert main(["report", str(tmp_path / "est.csv"), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     assert (tmp_path / "r" / "report.md").exists() and "report.md" in capsys.readouterr().out
 
 

@@ -67,12 +67,12 @@ def _sigma(value: str) -> Any:
         return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m trainers") -> argparse.ArgumentParser:
     from .presets import PRESETS, list_presets
 
     from infoplane.cli import OneLineErrorParser
 
-    p = OneLineErrorParser(prog="python -m trainers", description=__doc__,
+    p = OneLineErrorParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=_S)
     g = p.add_argument_group("preset (explicit flags override it)")
     g.add_argument("--preset", choices=list_presets(), metavar="NAME",
@@ -252,8 +252,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return resolve(settings, preset)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m trainers") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(None if argv is None else list(argv))
     try:
         from .loop import train
