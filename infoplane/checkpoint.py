@@ -34,7 +34,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -574,5 +574,61 @@ def list_checkpoints(run_dir: PathLike) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
+
+
+
+def summarize_run(run_dir: PathLike) -> List[Dict[str, Any]]:
+    """One row per recorded epoch of a run directory (``metrics.csv`` written by ``trainers``, else
+    the checkpoints' own metrics): epoch, train/test accuracy and loss, seconds, and whether a
+    checkpoint file exists for that epoch."""
+    import csv
+
+    run_dir = Path(run_dir)
+    ckpts = {int(p.stem.split("_")[-1]): p for p in list_checkpoints(run_dir)}
+    rows: List[Dict[str, Any]] = []
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        with open(metrics, newline="") as fh:
+            for rec in csv.DictReader(fh):
+                try:
+                    epoch = int(float(rec.get("epoch", "")))
+                except ValueError:
+                    continue
+                row: Dict[str, Any] = {"epoch": epoch}
+                for k in ("train_acc", "test_acc", "train_loss", "test_loss", "seconds"):
+                    try:
+                        row[k] = float(rec[k]) if rec.get(k) not in (None, "") else float("nan")
+                    except ValueError:
+                        row[k] = float("nan")
+                rows.append(row)
+    else:
+        for epoch, path in sorted(ckpts.items()):
+            m = load_checkpoint(path).metrics
+            rows.append({"epoch": epoch, **{k: float(m.get(k, float("nan"))) for k in
+                                            ("train_acc", "test_acc", "train_loss", "test_loss")}})
+    for row in rows:
+        row["checkpoint"] = ckpts[row["epoch"]].name if row["epoch"] in ckpts else ""
+    return rows
+
+
+def format_run_summary(rows: Sequence[Mapping[str, Any]], last: int = 0) -> str:
+    """A small text table of :func:`summarize_run` rows (``last`` > 0: only the final rows), with the
+    total training time when recorded."""
+    import math
+
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+    shown = list(rows)[-last:] if last else list(rows)
+    lines = [f"{'epoch':>5}  {'train_acc':>9}  {'test_acc':>8}  {'train_loss':>10}  {'test_loss':>9}  checkpoint"]
+    for r in shown:
+        lines.append(f"{r['epoch']:>5}  {f(r.get('train_acc'), '.4f'):>9}  {f(r.get('test_acc'), '.4f'):>8}  "
+                     f"{f(r.get('train_loss'), '.4f'):>10}  {f(r.get('test_loss'), '.4f'):>9}  {r.get('checkpoint', '')}")
+    secs = [r.get("seconds") for r in rows if isinstance(r.get("seconds"), float) and math.isfinite(r["seconds"])]
+    if secs:
+        lines.append(f"training time {sum(secs):.1f} s over {len(rows)} recorded epochs")
+    return "\n".join(lines)
+
+
 __all__ = ["FORMAT", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "list_checkpoints",
-           "wrap_state_dict", "resolve_factory", "check_state_dict", "checkpoint_filename"]
+           "wrap_state_dict", "resolve_factory", "check_state_dict", "checkpoint_filename", "summarize_run", "format_run_summary"]

@@ -285,8 +285,18 @@ def _cmd_info(a) -> int:
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist")
     if path.is_dir():
-        raise ValueError(f"{str(path)!r} is a directory; pass a checkpoint (.pt) or a store (.h5) in it, or use "
-                         "--weights to read every checkpoint of a run directory")
+        from infoplane.checkpoint import format_run_summary, list_checkpoints, summarize_run
+
+        if not list_checkpoints(path):
+            raise ValueError(f"{str(path)!r} is a directory without checkpoints (epoch_*.pt); pass a checkpoint, a "
+                             "run directory, a store (.h5) or an estimates CSV")
+        rows = summarize_run(path)
+        if a.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"run {path}: {len(list_checkpoints(path))} checkpoints")
+            print(format_run_summary(rows))
+        return 0
     if path.suffix.lower() == ".csv":
         return _info_estimates(path)
     import h5py

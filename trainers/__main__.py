@@ -271,6 +271,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m trainers")
     except Exception as err:  # anything unforeseen: one line (the data written so far is complete)
         print(f"{parser.prog}: error: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    from infoplane.checkpoint import format_run_summary, summarize_run
+
+    print(format_run_summary(summarize_run(config.out), last=3))
     print(f"wrote {len(paths)} checkpoints to {config.out}")
     return 0
 
