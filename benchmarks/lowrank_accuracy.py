@@ -94,7 +94,7 @@ def run(store: Path, out: Path, ms: Sequence[int], tolerances: Sequence[float], 
                         rows = []
                         for tol in tolerances:
                             t1 = time.perf_counter()
-                            res = fast.nhsic_full(z, data, kernel_other=kind, eps=EPS, sigma="paper",
+                            res = fast.nhsic_full(z, data, kernel_y=kind, eps=EPS, sigma="paper",
                                                   tolerance=tol, other_factor=others[target].get(tol),
                                                   num_classes=nc)
                             others[target][tol] = res.other_factor

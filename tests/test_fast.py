@@ -123,7 +123,7 @@ def test_lowrank_factor_lower_bound_and_rigorous_bound(tol):
         assert err <= (lx.residual_trace + lz.residual_trace) / (eps * 600) + 1e-12
     # nhsic_full turns the tolerance into a relative error of the value
     for other, kern, exact in ((x, "rbf", exact_xz), (y, "label", exact_yz)):
-        res = nhsic_full(z, other, kernel_other=kern, eps=eps, tolerance=max(tol, 1e-4))
+        res = nhsic_full(z, other, kernel_y=kern, eps=eps, tolerance=max(tol, 1e-4))
         assert -1e-9 * exact <= exact - res.value <= res.error_bound + 1e-9 * exact
         assert res.error_bound <= max(tol, 1e-4) * res.value
 
@@ -144,14 +144,14 @@ def test_lowrank_converges_to_exact_and_max_rank():
 
 def test_nhsic_full_reuses_other_factor():
     x, z, y = structured(150, seed=6)
-    res = nhsic_full(z, x, kernel_other="rbf", eps=1e-5, sigma="paper", tolerance=None)
+    res = nhsic_full(z, x, kernel_y="rbf", eps=1e-5, sigma="paper", tolerance=None)
     assert isinstance(res.other_factor, CenteredFactor) and res.error_bound == 0.0
     v, err, fx = res                                   # legacy unpacking
-    res2 = nhsic_full(z, None, kernel_other="rbf", eps=1e-5, sigma="paper", tolerance=None, other_factor=fx)
+    res2 = nhsic_full(z, None, kernel_y="rbf", eps=1e-5, sigma="paper", tolerance=None, other_factor=fx)
     assert res2.other_factor is fx and res2.value == pytest.approx(v, rel=1e-12)
     assert rel(v, ref_nhsic(K.rbf_gram(z), K.rbf_gram(x))) < 1e-8
     assert res.rank_z == res.z_factor.rank and res.rank_other == fx.rank
-    ry = nhsic_full(z, y, kernel_other="label", eps=1e-5, sigma="paper", tolerance=1e-3)
+    ry = nhsic_full(z, y, kernel_y="label", eps=1e-5, sigma="paper", tolerance=1e-3)
     assert ry.other_factor.method == "label" and ry.rank_other <= 4
     gap = ref_nhsic(K.rbf_gram(z), K.label_gram(y)) - ry.value
     assert -1e-9 <= gap <= ry.error_bound + 1e-9 and ry.error_bound <= 1e-3 * ry.value
@@ -166,8 +166,8 @@ def test_batched_equals_looped(n, b, seed, sigma, squared):
     x = g.normal(size=(n, 4))
     z = np.tanh(x @ g.normal(size=(4, 3))) + 0.3 * g.normal(size=(n, 3))
     y = g.integers(0, 3, size=n)
-    vx = nhsic_minibatches(z, x, kernel_other="rbf", batch_size=b, sigma=sigma, squared=squared)
-    vy = nhsic_minibatches(z, y, kernel_other="label", batch_size=b, sigma=sigma, squared=squared,
+    vx = nhsic_minibatches(z, x, kernel_y="rbf", batch_size=b, sigma=sigma, squared=squared)
+    vy = nhsic_minibatches(z, y, kernel_y="label", batch_size=b, sigma=sigma, squared=squared,
                            num_classes=3)
     assert vx.shape == (n // b,) and vy.shape == (n // b,)          # last partial batch dropped
     for i in range(n // b):
@@ -181,15 +181,15 @@ def test_batched_equals_looped(n, b, seed, sigma, squared):
 def test_batched_float32_close_to_float64():
     x, z, y = structured(1000, seed=7)
     for other, kern in ((x, "rbf"), (y, "label")):
-        v64 = nhsic_minibatches(z, other, kernel_other=kern)
-        v32 = nhsic_minibatches(z, other, kernel_other=kern, dtype=torch.float32)
+        v64 = nhsic_minibatches(z, other, kernel_y=kern)
+        v32 = nhsic_minibatches(z, other, kernel_y=kern, dtype=torch.float32)
         # stated tolerance (docs/speed.md): float32 within 1e-3 relative per batch at b = 100
         np.testing.assert_allclose(v32, v64, rtol=1e-3)
 
 
 def test_batched_matches_paper_mean_protocol():
     x, z, y = structured(250, seed=8)
-    v = nhsic_minibatches(z, y, kernel_other="label", batch_size=100)
+    v = nhsic_minibatches(z, y, kernel_y="label", batch_size=100)
     assert v.shape == (2,)
     r = np.mean([ref_nhsic(K.rbf_gram(z[i:i + 100]), K.label_gram(y[i:i + 100])) for i in (0, 100)])
     assert rel(float(v.mean()), r) < 1e-8
@@ -210,7 +210,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
         factorize(bad, tolerance=1e-4)
     with pytest.raises(ValueError, match="NaN"):
-        nhsic_minibatches(bad, y, kernel_other="label", batch_size=10)
+        nhsic_minibatches(bad, y, kernel_y="label", batch_size=10)
     with pytest.raises(ValueError):
         factorize(x, kernel="poly")
     with pytest.raises(ValueError):
@@ -240,7 +240,7 @@ def test_prepared_sides_and_many_match_single_calls():
     sy = prepare_minibatch_side(y, kernel="label", batch_size=50)
     vx, vy = nhsic_minibatches_many(z, [sx, sy])
     np.testing.assert_allclose(vx, nhsic_minibatches(z, x, batch_size=50), rtol=1e-12)
-    np.testing.assert_allclose(vy, nhsic_minibatches(z, y, kernel_other="label", batch_size=50), rtol=1e-12)
+    np.testing.assert_allclose(vy, nhsic_minibatches(z, y, kernel_y="label", batch_size=50), rtol=1e-12)
     np.testing.assert_allclose(nhsic_minibatches(z, sx), vx, rtol=1e-12)
     # the eigh fallback (used where a Cholesky fails) gives the same resolvent
     Kc = batched_center(batched_rbf_grams(torch.as_tensor(z).reshape(6, 50, -1), "paper"))

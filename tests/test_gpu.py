@@ -42,18 +42,18 @@ def test_lowrank_cuda_matches_cpu():
     x, z, y = _data(2000, seed=1)
     out = {}
     for dev in ("cpu", "cuda"):
-        vx, ex, fx = nhsic_full(z, x, kernel_other="rbf", eps=1e-5, sigma="paper", tolerance=1e-10, device=dev)
-        vy, ey, _ = nhsic_full(z, y, kernel_other="label", eps=1e-5, sigma="paper", tolerance=1e-10, device=dev)
+        vx, ex, fx = nhsic_full(z, x, kernel_y="rbf", eps=1e-5, sigma="paper", tolerance=1e-10, device=dev)
+        vy, ey, _ = nhsic_full(z, y, kernel_y="label", eps=1e-5, sigma="paper", tolerance=1e-10, device=dev)
         out[dev] = (vx, vy)
     for a, b in zip(out["cuda"], out["cpu"]):
         assert _rel(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("kernel_other", ["rbf", "label"])
-def test_minibatches_cuda_match_cpu(kernel_other):
+@pytest.mark.parametrize("kernel_y", ["rbf", "label"])
+def test_minibatches_cuda_match_cpu(kernel_y):
     x, z, y = _data(1050, seed=2)
-    other = x if kernel_other == "rbf" else y
-    cpu = nhsic_minibatches(z, other, kernel_other=kernel_other, device="cpu")
-    gpu = nhsic_minibatches(z, other, kernel_other=kernel_other, device="cuda")
+    other = x if kernel_y == "rbf" else y
+    cpu = nhsic_minibatches(z, other, kernel_y=kernel_y, device="cpu")
+    gpu = nhsic_minibatches(z, other, kernel_y=kernel_y, device="cuda")
     assert cpu.shape == gpu.shape == (10,)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-6)

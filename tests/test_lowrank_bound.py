@@ -41,10 +41,10 @@ def test_contract_random_data(m, d, dz, seed, sigma, log_eps, scale, noise):
     with warnings.catch_warnings():
         warnings.simplefilter("error")              # the contract must be met without a warning
         for other, kern in ((x, "rbf"), (y, "label")):
-            exact = nhsic_full(z, other, kernel_other=kern, eps=eps, sigma=sigma)
+            exact = nhsic_full(z, other, kernel_y=kern, eps=eps, sigma=sigma)
             assert exact.error_bound == 0.0
             for t in (1e-3, 1e-2):
-                res = nhsic_full(z, other, kernel_other=kern, eps=eps, sigma=sigma, tolerance=t)
+                res = nhsic_full(z, other, kernel_y=kern, eps=eps, sigma=sigma, tolerance=t)
                 check_contract(res, exact.value, t, eps)
 
 
@@ -90,7 +90,7 @@ def test_contract_digits_and_conv_layer(digits, t):
     cases = {"xy": (x, y, "label"), "zx": (z, x, "rbf"), "zy": (z, y, "label")}
     methods = set()
     for key, (a, b, kern) in cases.items():
-        res = nhsic_full(a, b, kernel_other=kern, sigma="paper", tolerance=t)
+        res = nhsic_full(a, b, kernel_y=kern, sigma="paper", tolerance=t)
         check_contract(res, exact[key], t)
         assert (exact[key] - res.value) / exact[key] <= t
         methods.add(res.z_factor.method)
@@ -141,7 +141,7 @@ def test_refine_extends_given_factors_and_gram_input():
     check_contract(res, exact, t)
     assert res.rank_other <= 4 and res.other_factor.method == "label"
     # a factor passed as z to nhsic_full
-    res2 = nhsic_full(factorize(z, tolerance=1e-2), y, kernel_other="label", eps=eps, tolerance=t)
+    res2 = nhsic_full(factorize(z, tolerance=1e-2), y, kernel_y="label", eps=eps, tolerance=t)
     check_contract(res2, exact, t)
 
 
@@ -190,7 +190,7 @@ def test_exact_memory_guard(monkeypatch):
     assert need >= 4 * 300 ** 2 * 8
     monkeypatch.setattr(fast, "available_memory_bytes", lambda device=None: need - 1)
     for call in (lambda: factorize(x), lambda: factorize(gram=K.rbf_gram(x)),
-                 lambda: nhsic_full(z, x, kernel_other="rbf")):
+                 lambda: nhsic_full(z, x, kernel_y="rbf")):
         with pytest.raises(ExactMemoryError) as info:
             call()
         msg = str(info.value)

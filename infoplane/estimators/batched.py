@@ -250,25 +250,25 @@ def nhsic_minibatches_many(z: Any, others: Sequence[MinibatchSide], *, sigma: Un
     return out
 
 
-def nhsic_minibatches(z: Any, other: Any, *, kernel_other: str = "rbf", batch_size: int = 100,
+def nhsic_minibatches(z: Any, other: Any, *, kernel_y: str = "rbf", batch_size: int = 100,
                       eps: float = 1e-5, sigma: Union[str, float] = "paper",
-                      sigma_other: Union[str, float, None] = None, squared: bool = True,
+                      sigma_y: Union[str, float, None] = None, squared: bool = True,
                       device: DeviceLike = "cpu", dtype: torch.dtype = torch.float64,
                       num_classes: Optional[int] = None) -> np.ndarray:
     """Per-minibatch nHSIC(Z; other) over consecutive batches, all at once: (B,) numpy array.
 
     z: (N, ...) representation, RBF kernel (``sigma``: 'paper' = 5 sqrt(d) of z, 'median' per
     batch, or a float; ``squared=False`` = published code's non-squared distance).
-    other: X (N, ...) with ``kernel_other="rbf"`` (``sigma_other``, default ``sigma``), labels (N,)
-    int with ``kernel_other="label"``, features with ``"linear"``, or a :class:`MinibatchSide`
-    prepared once by :func:`prepare_minibatch_side` (then kernel_other/eps/batch_size come from it).
+    other: X (N, ...) with ``kernel_y="rbf"`` (``sigma_y``, default ``sigma``), labels (N,)
+    int with ``kernel_y="label"``, features with ``"linear"``, or a :class:`MinibatchSide`
+    prepared once by :func:`prepare_minibatch_side` (then kernel_y/eps/batch_size come from it).
     B = N // batch_size batches; the last incomplete batch is dropped (see module docstring).
     The paper's number is the mean of the returned array.
     """
     if isinstance(other, MinibatchSide):
         side = other
     else:
-        side = prepare_minibatch_side(other, kernel=kernel_other, batch_size=batch_size, eps=eps,
-                                      sigma=sigma if sigma_other is None else sigma_other, squared=squared,
+        side = prepare_minibatch_side(other, kernel=kernel_y, batch_size=batch_size, eps=eps,
+                                      sigma=sigma if sigma_y is None else sigma_y, squared=squared,
                                       device=device, dtype=dtype, num_classes=num_classes)
     return nhsic_minibatches_many(z, [side], sigma=sigma, squared=squared, device=device, dtype=dtype)[0]

@@ -514,8 +514,8 @@ def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps:
                            other_factor=fo)
 
 
-def nhsic_full(z: Any, other: Any = None, *, kernel_other: str = "rbf", eps: float = 1e-5,
-               sigma: Union[str, float] = "paper", sigma_other: Union[str, float, None] = None,
+def nhsic_full(z: Any, other: Any = None, *, kernel_y: str = "rbf", eps: float = 1e-5,
+               sigma: Union[str, float] = "paper", sigma_y: Union[str, float, None] = None,
                tolerance: Optional[float] = None, other_factor: Optional[CenteredFactor] = None,
                squared: bool = True, max_rank: Optional[int] = None, device: DeviceLike = "cpu",
                dtype: torch.dtype = torch.float64, num_classes: Optional[int] = None, block: int = 64,
@@ -523,8 +523,8 @@ def nhsic_full(z: Any, other: Any = None, *, kernel_other: str = "rbf", eps: flo
     """Full-sample nHSIC(Z; other) -> :class:`FullSampleNHSIC` (value, error_bound, ranks, factors).
 
     z: representation (m, ...), RBF kernel with ``sigma`` (or a :class:`CenteredFactor`); other: X
-    (m, ...) with ``kernel_other="rbf"`` (bandwidth ``sigma_other``, default = ``sigma``), labels
-    (m,) with ``kernel_other="label"``, or features with ``"linear"``. Pass the returned
+    (m, ...) with ``kernel_y="rbf"`` (bandwidth ``sigma_y``, default = ``sigma``), labels
+    (m,) with ``kernel_y="label"``, or features with ``"linear"``. Pass the returned
     ``other_factor`` back as ``other_factor`` (``other`` may then be None) to reuse it for every
     layer/checkpoint; it may come back extended, so keep the returned one.
     tolerance: None = exact (memory-checked eigh); t = relative error of the value: the result has
@@ -536,8 +536,8 @@ def nhsic_full(z: Any, other: Any = None, *, kernel_other: str = "rbf", eps: flo
     if other_factor is None:
         if other is None:
             raise ValueError("nhsic_full: pass other (samples or labels) or other_factor.")
-        other_factor = factorize(other, kernel=kernel_other, sigma=sigma if sigma_other is None else sigma_other,
-                                 squared=squared, tolerance=tolerance if kernel_other == "rbf" else None,
+        other_factor = factorize(other, kernel=kernel_y, sigma=sigma if sigma_y is None else sigma_y,
+                                 squared=squared, tolerance=tolerance if kernel_y == "rbf" else None,
                                  max_rank=max_rank, device=device, dtype=dtype, num_classes=num_classes,
                                  block=block, progress=progress)
     if isinstance(z, CenteredFactor):
