@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all' (top-level layers), NAME,NAME, glob patterns ('features.*'), or 'list' to "
                         "print the layer names and exit")
     e.add_argument("--out", default="acts.h5", help="activation store to create or append to")
-    e.add_argument("--split", default="test", choices=("train", "test"), help="dataset split to run")
+    e.add_argument("--split", default="test",
+                   help="dataset split to run: train or test (with --image-folder: the subfolder ROOT/SPLIT when "
+                        "it exists)")
     e.add_argument("--samples", type=int_at_least(4), default=None,
                    help="class-stratified, seeded subset of N samples (default: the whole split)")
     e.add_argument("--batch-size", type=int_at_least(1), default=256, help="samples per forward pass")
@@ -119,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", default="data", help="folder of downloaded datasets (digits needs none)")
     e.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
                    help="rebuild a model not in the registry with this function (your own code)")
+    data = e.add_mutually_exclusive_group()
+    data.add_argument("--image-folder", default=None, metavar="ROOT",
+                      help="run over your images instead of the dataset the checkpoints name: ROOT/<class>/<image> "
+                           "(ROOT/SPLIT/<class>/<image> when ROOT/SPLIT exists; default: the checkpoints' dataset)")
+    data.add_argument("--dataset-factory", default=None, metavar="PKG.MOD:FN",
+                      help="run over the Dataset (or DataLoader) of (x, y) this function of yours returns; it gets "
+                           "split= and root= (--data-root) where it accepts them (default: the checkpoints' dataset)")
     e.add_argument("--device", default="cpu", help=DEVICE_HELP)
     e.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
 
@@ -230,6 +239,7 @@ def _cmd_extract(a) -> int:
     out = extract(a.checkpoints, layers=a.layers, out=a.out, split=a.split, samples=a.samples,
                   batch_size=a.batch_size, dtype=a.dtype, data_root=a.data_root, device=a.device,
                   model_factory=a.model_factory, progress=not a.no_progress, allow_nonfinite=a.allow_nonfinite,
+                  image_folder=a.image_folder, dataset_factory=a.dataset_factory,
                   command="infoplane " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     from infoplane.store import ActivationStore
 
@@ -268,11 +278,12 @@ def _cmd_plot(a) -> int:
         check_figure_path(a.curves, "--curves")
     df = load_estimates(a.csv)
     layers = _names(a.layers)
-    plane = plot_information_plane(df, a.out, estimator=a.estimator, layers=layers,
-                                   baseline=not a.no_baseline, title=a.title, adjusted=a.adjusted)
-    curves = plot_layer_curves(df, a.curves or curves_path(a.out), estimator=a.estimator, layers=layers,
-                               baseline=not a.no_baseline, adjusted=a.adjusted)
-    print(f"wrote {plane}\nwrote {curves}")
+    curves = a.curves or curves_path(a.out)
+    plot_information_plane(df, a.out, estimator=a.estimator, layers=layers, baseline=not a.no_baseline,
+                           title=a.title, adjusted=a.adjusted)
+    plot_layer_curves(df, curves, estimator=a.estimator, layers=layers, baseline=not a.no_baseline,
+                      adjusted=a.adjusted)
+    print(f"wrote {a.out}\nwrote {curves}")
     return 0
 
 

@@ -19,6 +19,10 @@ Names (see :func:`list_datasets`):
 * ``cifar10``, ``cifar100``, ``svhn``, ``stl10`` -- torchvision datasets under ``root``.
 
 Nothing is downloaded unless ``download=True``.
+
+Your own data: :func:`image_folder` (a folder of class subfolders of images) and
+:func:`resolve_dataset_factory` (``"pkg.mod:fn"`` returning a ``Dataset``) give a ``Dataset`` that
+``infoplane.extract`` takes as ``data=`` (CLI: ``--image-folder ROOT``, ``--dataset-factory``).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -441,6 +445,101 @@ def dataset_tensors(ds: Dataset, limit: Optional[int] = None) -> Tuple[torch.Ten
     return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys, dtype=torch.long)
 
 
+# --------------------------------------------------------------------------------------------
+# your own data
+# --------------------------------------------------------------------------------------------
+
+#: Image file extensions :func:`image_folder` reads (those of torchvision's ImageFolder).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_folder(root: Union[str, Path], split: Optional[str] = None, transform: Optional[Callable] = None
+                 ) -> Dataset:
+    """A folder of images, one subfolder per class (``root/<class>/<image>``), as a ``Dataset``.
+
+    A torchvision ``ImageFolder`` of ``root/split`` (``split`` given: e.g. ``root/test/cat/1.png``)
+    or of ``root``. Labels are the class subfolders' positions in sorted order (``.classes`` lists
+    the names, ``.class_to_idx`` maps them). Images are read as RGB. ``transform`` maps a PIL image
+    to a tensor; the default resizes every image to the size of the first one and converts it with
+    ``ToTensor`` (float32, shape ``(3, H, W)``, values in [0, 1], no normalisation): pass e.g. a
+    pretrained model's ``weights.transforms()`` to feed it what it was trained on.
+
+    Raises ``FileNotFoundError`` when the folder does not exist, and ``ValueError`` when it holds no
+    class subfolder or no image.
+    """
+    from torchvision.datasets import ImageFolder
+
+    base = Path(root)
+    if not base.exists():
+        raise FileNotFoundError(f"image folder {str(base)!r} does not exist; pass the folder holding one "
+                                "subfolder of images per class (root/<class>/<image>)")
+    if not base.is_dir():
+        raise ValueError(f"image folder {str(base)!r} is a file, not a folder; pass the folder holding one "
+                         "subfolder of images per class (root/<class>/<image>)")
+    folder = base / split if split else base
+    if split and not folder.is_dir():
+        subdirs = sorted(d.name for d in base.iterdir() if d.is_dir())
+        raise FileNotFoundError(f"image folder {str(base)!r} has no split folder {split!r}; its subfolders are: "
+                                f"{', '.join(subdirs) or '(none)'}. Pass split= one of them, or split=None to "
+                                "use the folder itself")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"image folder {str(folder)!r} has no class subfolders; put the images in one subfolder "
+                         f"per class, e.g. {str(folder / 'cat' / '0001.png')!r}")
+    try:
+        ds = ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError:  # torchvision: a class subfolder without a readable image
+        empty = [c for c in classes if not any(f.suffix.lower() in IMAGE_EXTENSIONS
+                                               for f in (folder / c).rglob("*") if f.is_file())]
+        where = ("holds no image in its class subfolders" if len(empty) == len(classes) else
+                 f"has class subfolder(s) without an image: {', '.join(empty[:10])}{', ...' if len(empty) > 10 else ''}"
+                 " (remove them or add images)")
+        raise ValueError(f"image folder {str(folder)!r} {where}; readable files end in "
+                         f"{', '.join(IMAGE_EXTENSIONS)}") from None
+    if transform is None:
+        from torchvision import transforms
+
+        width, height = ds.loader(ds.samples[0][0]).size
+        ds.transform = transforms.Compose([transforms.Resize((height, width)), transforms.ToTensor()])
+    return ds
+
+
+def resolve_dataset_factory(factory: Union[str, Callable[..., Any]], split: Optional[str] = None,
+                            root: Union[str, Path, None] = None) -> Any:
+    """Call a user's dataset factory and return what it builds (a ``Dataset`` or ``DataLoader``).
+
+    ``factory``: ``"package.module:function"`` (the module must be importable: installed or on
+    ``PYTHONPATH``) or a callable. It is called with the keywords it accepts among ``split`` and
+    ``root`` (when given), so ``def make(split="test"): ...`` and ``def make(): ...`` both work. The
+    result must yield ``(x, y)`` pairs: a ``torch.utils.data.Dataset`` (or any object with
+    ``__len__`` and ``__getitem__``) or a ``DataLoader``; anything else is a ``ValueError``.
+    """
+    import inspect
+
+    from torch.utils.data import DataLoader
+
+    from infoplane.checkpoint import resolve_factory
+
+    try:
+        fn = resolve_factory(factory)
+    except ValueError as err:
+        raise ValueError(f"dataset factory: {err}") from None
+    offered = {k: v for k, v in (("split", split), ("root", None if root is None else str(root))) if v is not None}
+    try:
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in offered.items() if takes_any or k in params}
+    except (TypeError, ValueError):  # no signature (a builtin): call it bare
+        kwargs = {}
+    name = factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
+    obj = fn(**kwargs)
+    if isinstance(obj, (Dataset, DataLoader)) or (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
+        return obj
+    raise ValueError(f"dataset factory {name!r} returned {type(obj).__name__}, not a Dataset or DataLoader of "
+                     "(x, y) pairs; make it return e.g. a torch.utils.data.TensorDataset(x, y)")
+
+
 __all__ = ["DatasetInfo", "ArrayDataset", "list_datasets", "dataset_info", "load_dataset", "dataset_labels",
            "normalize", "denormalize", "make_toy_rings", "read_idx", "stratified_subset_indices",
-           "dataset_tensors", "DEBIAN_FASHION_MNIST"]
+           "dataset_tensors", "DEBIAN_FASHION_MNIST", "image_folder", "resolve_dataset_factory",
+           "IMAGE_EXTENSIONS"]

@@ -89,9 +89,9 @@ def run_demo(config: Optional[DemoConfig] = None, verbose: bool = True) -> Dict[
         paths[f"store_{regime}"] = store
     df = pd.concat(frames, ignore_index=True)
     paths["estimates"] = write_csv_atomic(df, out / "estimates.csv")
-    paths["plane"] = plot_information_plane(df, out / "plane.png",
-                                            title=f"{cfg.model} on {cfg.dataset}: E2E vs layer-wise")
-    paths["curves"] = plot_layer_curves(df, curves_path(out / "plane.png"))
+    paths["plane"], paths["curves"] = out / "plane.png", curves_path(out / "plane.png")
+    plot_information_plane(df, paths["plane"], title=f"{cfg.model} on {cfg.dataset}: E2E vs layer-wise")
+    plot_layer_curves(df, paths["curves"])
     if verbose:
         print("\ntest accuracy (last epoch): " + ", ".join(f"{r} {a:.3f}" for r, a in acc.items()))
         with pd.option_context("display.width", 120, "display.max_rows", 200, "display.precision", 3):

@@ -3,7 +3,8 @@
 ``plot_information_plane``: one panel per layer; x = estimator(X;Z), y = estimator(Y;Z); each
 checkpoint is a marker coloured by epoch (one colour map and marker per regime, as in the paper:
 circles with a red colour map for E2E, inverted triangles with a blue-yellow one for layer-wise),
-joined in epoch order; the shuffled-pairs baseline (same estimator, Z's rows shuffled) is drawn per epoch as grey markers on dashed lines.
+joined in epoch order; the shuffled-pairs baseline (same estimator, Z's rows shuffled) is drawn per
+epoch as grey markers on dashed lines.
 ``plot_layer_curves``: value against epoch per layer (one row per target), baseline dotted.
 Axis labels use the estimator's name (``nHSIC(X;Z)``), not I(.;.), because nHSIC is not a
 mutual information (docs/estimators.md).
@@ -17,6 +18,17 @@ analytic null have no band (only the shuffled baseline, an empirical check of nu
 ``adjusted=True`` plots the CSV column ``adjusted`` = (value - null_mean) / (max_value - null_mean)
 instead (0 = chance, 1 = perfect alignment; comparable across layers, m and eps), with a
 reference line at 0 and the band ± 2 null_sd / (max_value - null_mean).
+
+Where the figure goes. Both functions return the matplotlib ``Figure`` and save it only when
+``out`` is given (validated before any work; written atomically at ``dpi``, default
+:data:`FIGURE_DPI`, the resolution of every saved infoplane figure). Without ``ax``/``fig`` they
+draw into a new ``Figure`` made without pyplot (it never pops up, and figures made in a loop are
+not kept alive by pyplot); ``fig=`` lays the panels out in a Figure or SubFigure of yours (e.g.
+``plt.figure(layout="constrained")``); ``ax=`` draws into Axes of yours: one ``Axes`` when the
+figure has one panel, else an array (any shape, read row by row) with one Axes per panel. With
+``ax=`` the legend goes on the last panel; otherwise, under constrained layout, outside the panels.
+In a notebook a returned Figure shows when it is the last expression of a cell (with matplotlib's
+inline backend: ``import matplotlib.pyplot`` or ``%matplotlib inline`` once).
 """
 from __future__ import annotations
 
@@ -24,14 +36,21 @@ import logging
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:  # annotations only: matplotlib is imported when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+
+#: Resolution (dots per inch) of every figure infoplane saves (these plots and the report's).
+FIGURE_DPI = 130
 
 _DISPLAY = {"nhsic": "nHSIC", "hsic-biased": "HSIC", "hsic-unbiased": "HSIC$_u$", "hsic": "HSIC"}
 _REGIME_STYLE = {"e2e": ("Reds", "o"), "layerwise": ("viridis", "v")}
@@ -158,10 +177,10 @@ def _styles(keys: Sequence[str]) -> Dict[str, Tuple[str, str]]:
 
 def _truncated(name: str):
     """A colour map without its palest 30% (so epoch 0 stays visible on white)."""
-    import matplotlib.pyplot as plt
+    import matplotlib
     from matplotlib.colors import ListedColormap
 
-    return ListedColormap(plt.get_cmap(name)(np.linspace(0.3, 1.0, 256)), name=f"{name}_trunc")
+    return ListedColormap(matplotlib.colormaps[name](np.linspace(0.3, 1.0, 256)), name=f"{name}_trunc")
 
 
 def _wide(df: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -232,13 +251,73 @@ def check_figure_path(out: PathLike, what: str = "--out") -> Path:
     return out
 
 
-def _save(fig, out: PathLike) -> Path:
+def _check_dpi(dpi: float) -> float:
+    try:
+        value = float(dpi)
+    except (TypeError, ValueError):
+        raise ValueError(f"dpi must be a positive number, not {dpi!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"dpi must be a positive number, not {dpi!r}")
+    return value
+
+
+def _save(fig, out: PathLike, dpi: float = FIGURE_DPI) -> Path:
+    """Write ``fig`` to ``out`` (via ``<stem>.partial<suffix>`` and ``os.replace``: never half a file)."""
     out = check_figure_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".partial" + out.suffix)
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     os.replace(tmp, out)
     return out
+
+
+def _root(fig):
+    """The top-level Figure of a Figure or SubFigure (a SubFigure's ``.figure`` is its root)."""
+    return getattr(fig, "figure", None) or fig
+
+
+def _constrained(fig) -> bool:
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    return isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+
+
+def _panels(ax, fig, nrows: int, ncols: int, n: int, figsize: Tuple[float, float], panels: str,
+            sharex: bool = False):
+    """The Axes to draw ``n`` panels into, laid out ``nrows`` x ``ncols`` (row by row).
+
+    Returns ``(canvas, axes, spare, outside)``: the Figure/SubFigure holding the panels (legend,
+    colour bars and title go there), the ``n`` Axes in panel order, Axes of the grid left over (to
+    hide), and whether legends may go outside the panels (constrained layout that we lay out).
+    ``panels`` describes the panels for error messages (e.g. "3 layers (conv1, fc1, out)").
+    """
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, FigureBase
+
+    if ax is not None and fig is not None:
+        raise ValueError("pass ax= (Axes to draw into) or fig= (a Figure to lay the panels out in), not both")
+    if ax is not None:
+        axes = [ax] if isinstance(ax, Axes) else list(np.ravel(np.asarray(ax, dtype=object)))
+        bad = [type(a).__name__ for a in axes if not isinstance(a, Axes)]
+        if bad or not axes:
+            got = bad[0] if bad else "an empty array"
+            raise TypeError(f"ax must be a matplotlib Axes or an array of Axes, got {got}")
+        if len(axes) < n:
+            raise ValueError(f"ax has {len(axes)} Axes but the figure has {n} panels ({panels}); pass an array of "
+                             f"{n} Axes (e.g. plt.subplots({nrows}, {ncols})[1]), fig= a Figure to lay them out "
+                             "in, or select fewer panels (layers=...)")
+        canvas = axes[0].figure
+        if any(_root(a.figure) is not _root(canvas) for a in axes):
+            raise ValueError("the Axes given as ax= belong to different figures; pass Axes of one figure")
+        return canvas, axes[:n], axes[n:], False
+    if fig is not None:
+        if not isinstance(fig, FigureBase):
+            raise TypeError(f"fig must be a matplotlib Figure or SubFigure, got {type(fig).__name__}")
+        canvas = fig
+    else:
+        canvas = Figure(figsize=figsize, layout="constrained")
+    grid = np.asarray(canvas.subplots(nrows, ncols, squeeze=False, sharex=sharex)).ravel().tolist()
+    return canvas, grid[:n], grid[n:], _constrained(canvas)
 
 
 def _prepare(df: pd.DataFrame, estimator: Optional[str], layers: Optional[Sequence[str]]):
@@ -263,24 +342,42 @@ def _prepare(df: pd.DataFrame, estimator: Optional[str], layers: Optional[Sequen
     return df, estimator, list(order.index)
 
 
-def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Optional[str] = None,
-                           layers: Optional[Sequence[str]] = None, baseline: bool = True,
-                           ncols: int = 3, title: Optional[str] = None, adjusted: bool = False,
-                           chance: bool = True) -> Path:
+def _legend(canvas, axes: Sequence, handles: list, labels: list, outside: bool, loc: str, **kw) -> None:
+    """Legend outside the panels (constrained layout) or, with the caller's Axes, on the last panel."""
+    if not handles:
+        return
+    if outside:
+        canvas.legend(handles, labels, loc=f"outside {loc}", frameon=False, **kw)
+    else:
+        axes[-1].legend(handles, labels, fontsize="small", **kw)
+
+
+def plot_information_plane(df: pd.DataFrame, out: Optional[PathLike] = None, *,
+                           ax: Union["Axes", Sequence["Axes"], Any, None] = None,
+                           fig: Union["Figure", "SubFigure", None] = None,
+                           estimator: Optional[str] = None, layers: Optional[Sequence[str]] = None,
+                           baseline: bool = True, ncols: int = 3, title: Optional[str] = None,
+                           adjusted: bool = False, chance: bool = True, dpi: float = FIGURE_DPI) -> "Figure":
     """Information plane per layer (Sakamoto & Sato 2024 Fig. 3/6): x = est(X;Z), y = est(Y;Z), colour = epoch.
 
-    df: the table of ``infoplane estimate`` (one or several runs/regimes). adjusted: plot the
-    chance-adjusted column ``adjusted`` (0 = chance; ValueError if the table lacks it). chance:
+    df: the table of ``infoplane estimate`` / ``ip.estimate`` (one or several runs/regimes); one
+    panel per layer, in network order. out: also save the figure there (an image path, checked
+    before any work; ``dpi`` dots per inch). ax: draw into these Axes instead of a new figure: one
+    ``Axes`` when one layer is plotted (``layers=["fc1"]``), else an array of Axes, one per layer
+    (extra Axes are hidden). fig: a Figure or SubFigure to lay the panels out in (``ncols`` per
+    row). estimator: which estimator of the table (needed when it holds several). adjusted: plot
+    the chance-adjusted column ``adjusted`` (0 = chance; ValueError if the table lacks it). chance:
     shade the chance band null_mean ± 2 null_sd where the table has those columns. baseline: draw
-    the shuffled-Z baseline (an empirical check of the null). Returns ``out``.
-    """
-    import matplotlib
+    the shuffled-Z baseline (an empirical check of the null). title: the figure's title.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns the matplotlib Figure (the top-level one when drawing into a SubFigure's Axes).
+    """
     from matplotlib.colors import Normalize
     from matplotlib.ticker import MaxNLocator
 
+    if out is not None:
+        out = check_figure_path(out, "out")
+    dpi = _check_dpi(dpi)
     df, estimator, layer_order = _prepare(df, estimator, layers)
     if adjusted:
         _require_adjusted(df, estimator)
@@ -299,80 +396,98 @@ def plot_information_plane(df: pd.DataFrame, out: PathLike, *, estimator: Option
     n = len(layer_order)
     ncols = max(1, min(int(ncols), n))
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.2 * len(series), 3.7 * nrows + 0.5),
-                             squeeze=False, constrained_layout=True)
+    shown = ", ".join(layer_order[:6]) + (", ..." if n > 6 else "")
+    canvas, axes, spare, outside = _panels(
+        ax, fig, nrows, ncols, n, (4.2 * ncols + 1.2 * len(series), 3.7 * nrows + 0.5),
+        f"{n} layer{'s' if n != 1 else ''}: {shown}")
     mappables = {}
     for k, layer in enumerate(layer_order):
-        ax = axes[k // ncols][k % ncols]
+        pax = axes[k]
         if band:  # chance band of each series: the range over epochs of null_mean +- 2 null_sd
             for s in series:
                 lo_s = lo.loc[(lo["series"] == s) & (lo["layer"] == layer)]
                 hi_s = hi.loc[(hi["series"] == s) & (hi["layer"] == layer)]
-                for t, span in (("x", ax.axvspan), ("y", ax.axhspan)):
+                for t, span in (("x", pax.axvspan), ("y", pax.axhspan)):
                     a, b = np.nanmin(lo_s[t], initial=np.inf), np.nanmax(hi_s[t], initial=-np.inf)
                     if np.isfinite(a) and np.isfinite(b):
                         lbl = None if band_labelled else f"chance: null mean ± {CHANCE_Z:g} null sd"
                         span(a, b, color="0.55", alpha=0.13, lw=0, zorder=0, label=lbl).set_gid(_BAND_GID)
                         band_labelled = True
         if adjusted:
-            ax.axvline(0, color="0.3", lw=0.8, zorder=0.5)
-            ax.axhline(0, color="0.3", lw=0.8, zorder=0.5)
+            pax.axvline(0, color="0.3", lw=0.8, zorder=0.5)
+            pax.axhline(0, color="0.3", lw=0.8, zorder=0.5)
         for s in series:
             cmap, marker = _truncated(styles[s][0]), styles[s][1]
             d = vals[(vals["series"] == s) & (vals["layer"] == layer)]
             if d.empty:
                 continue
-            ax.plot(d["x"], d["y"], "-", color="0.6", lw=0.7, zorder=1)
-            sc = ax.scatter(d["x"], d["y"], c=d["epoch"], cmap=cmap, norm=norm, marker=marker, s=36,
-                            edgecolors="k", linewidths=0.3, zorder=3, label=s)
+            pax.plot(d["x"], d["y"], "-", color="0.6", lw=0.7, zorder=1)
+            sc = pax.scatter(d["x"], d["y"], c=d["epoch"], cmap=cmap, norm=norm, marker=marker, s=36,
+                             edgecolors="k", linewidths=0.3, zorder=3, label=s)
             mappables[s] = sc
         if base is not None:
             for s in series:
                 b = base[(base["series"] == s) & (base["layer"] == layer)]
                 if b.empty:
                     continue
-                ax.plot(b["x"], b["y"], "--", color="0.6", lw=0.8, marker=styles[s][1], ms=3.5,
-                        mfc="0.8", mec="0.6", zorder=2,
-                        label=f"shuffled baseline ({s})" if k == 0 else None)
+                pax.plot(b["x"], b["y"], "--", color="0.6", lw=0.8, marker=styles[s][1], ms=3.5,
+                         mfc="0.8", mec="0.6", zorder=2,
+                         label=f"shuffled baseline ({s})" if k == 0 else None)
         idx = int(df.loc[df["layer"] == layer, "layer_index"].min())
-        ax.set_title(f"layer {idx}: {layer}", fontsize=10)
-        ax.set_xlabel(_axis_label(lab, "x", adjusted))
-        ax.set_ylabel(_axis_label(lab, "y", adjusted))
-        ax.grid(alpha=0.3)
-    for k in range(n, nrows * ncols):
-        axes[k // ncols][k % ncols].set_visible(False)
+        pax.set_title(f"layer {idx}: {layer}", fontsize=10)
+        pax.set_xlabel(_axis_label(lab, "x", adjusted))
+        pax.set_ylabel(_axis_label(lab, "y", adjusted))
+        pax.grid(alpha=0.3)
+    for a in spare:
+        a.set_visible(False)
     handles, labels = [], []
-    for ax in axes.ravel():  # the band's label may sit on any panel
-        for h, lb in zip(*ax.get_legend_handles_labels()):
+    for a in axes:  # the band's label may sit on any panel
+        for h, lb in zip(*a.get_legend_handles_labels()):
             if lb not in labels:
                 handles.append(h)
                 labels.append(lb)
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), frameon=False)
+    _legend(canvas, axes, handles, labels, outside, "lower center", ncol=len(handles) if outside else 1)
     for s, sc in mappables.items():
-        cb = fig.colorbar(sc, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
+        cb = canvas.colorbar(sc, ax=list(axes), fraction=0.025, pad=0.02)
         cb.set_label(f"epoch ({s})")
         cb.locator = MaxNLocator(integer=True)
         cb.update_ticks()
     if title:
-        fig.suptitle(title)
-    path = _save(fig, out)
-    plt.close(fig)
-    return path
+        canvas.suptitle(title)
+    figure = _root(canvas)
+    if out is not None:
+        _save(figure, out, dpi)
+    return figure
 
 
-def plot_layer_curves(df: pd.DataFrame, out: PathLike, *, estimator: Optional[str] = None,
-                      layers: Optional[Sequence[str]] = None, baseline: bool = True, adjusted: bool = False,
-                      chance: bool = True) -> Path:
-    """Value against epoch for every layer: one row per target (X, Y), one column per series
-    (regime/run); shaded +-1 sd over minibatches; the baseline dotted; hatched: the chance band
-    null_mean ± 2 null_sd (where the table has it). adjusted: the chance-adjusted value (0 = chance,
-    reference line at 0; ValueError if the table lacks the column)."""
+def plot_layer_curves(df: pd.DataFrame, out: Optional[PathLike] = None, *,
+                      ax: Union["Axes", Sequence["Axes"], Any, None] = None,
+                      fig: Union["Figure", "SubFigure", None] = None,
+                      estimator: Optional[str] = None, layers: Optional[Sequence[str]] = None,
+                      targets: Sequence[str] = ("x", "y"), baseline: bool = True, adjusted: bool = False,
+                      chance: bool = True, dpi: float = FIGURE_DPI) -> "Figure":
+    """Value against epoch for every layer: one row of panels per target (X, Y), one column per
+    series (regime/run); shaded ±1 sd over minibatches; the shuffled baseline dotted; hatched: the
+    chance band null_mean ± 2 null_sd (where the table has it).
+
+    df: the table of ``infoplane estimate`` / ``ip.estimate``. targets: the rows of panels, a
+    subset of ``("x", "y")``. out: also save the figure there (checked before any work; ``dpi``).
+    ax: draw into these Axes: one ``Axes`` when there is one panel (one target, one series), else
+    an array of ``len(targets) x n_series`` Axes (any shape, read row by row: target-major). fig:
+    a Figure or SubFigure to lay the panels out in. adjusted: the chance-adjusted value (0 =
+    chance, reference line at 0; ValueError if the table lacks the column).
+
+    Returns the matplotlib Figure (the top-level one when drawing into a SubFigure's Axes).
+    """
     import matplotlib
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if out is not None:
+        out = check_figure_path(out, "out")
+    dpi = _check_dpi(dpi)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if not targets or any(t not in ("x", "y") for t in targets) or len(set(targets)) != len(targets):
+        raise ValueError(f"targets must be 'x', 'y' or both (distinct), got {targets!r}")
     df, estimator, layer_order = _prepare(df, estimator, layers)
     if adjusted:
         _require_adjusted(df, estimator)
@@ -380,44 +495,50 @@ def plot_layer_curves(df: pd.DataFrame, out: PathLike, *, estimator: Optional[st
     lab = estimator_label(estimator)
     has_band = bool(chance and df["_lo"].notna().any())
     series = list(dict.fromkeys(df["series"]))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(layer_order), 1)))
-    fig, axes = plt.subplots(2, len(series), figsize=(4.5 * len(series) + 2.0, 6.5), squeeze=False,
-                             sharex=True, constrained_layout=True)
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, max(len(layer_order), 1)))
+    nt, ns = len(targets), len(series)
+    canvas, flat, spare, outside = _panels(
+        ax, fig, nt, ns, nt * ns, (4.5 * ns + 2.0, 3.25 * nt), f"{nt} target(s) x {ns} series "
+        f"({', '.join(map(str, series))})", sharex=True)
+    for a in spare:
+        a.set_visible(False)
     for j, s in enumerate(series):
-        for i, target in enumerate(("x", "y")):
-            ax = axes[i][j]
+        for i, target in enumerate(targets):
+            pax = flat[i * ns + j]
             for li, layer in enumerate(layer_order):
                 d = df[(df["series"] == s) & (df["layer"] == layer) & (df["target"] == target)]
                 d = d.groupby("epoch", as_index=False).mean(numeric_only=True).sort_values("epoch")
                 if d.empty:
                     continue
-                ax.plot(d["epoch"], d["_v"], "-o", ms=3, color=colors[li], label=layer)
+                pax.plot(d["epoch"], d["_v"], "-o", ms=3, color=colors[li], label=layer)
                 if d["_sd"].notna().any():
-                    ax.fill_between(d["epoch"], d["_v"] - d["_sd"], d["_v"] + d["_sd"],
-                                    color=colors[li], alpha=0.15, lw=0)
+                    pax.fill_between(d["epoch"], d["_v"] - d["_sd"], d["_v"] + d["_sd"],
+                                     color=colors[li], alpha=0.15, lw=0)
                 if has_band and d["_lo"].notna().any():
-                    ax.fill_between(d["epoch"], d["_lo"], d["_hi"], facecolor="none", edgecolor=colors[li],
-                                    hatch="////", lw=0, alpha=0.45).set_gid(_BAND_GID)
+                    pax.fill_between(d["epoch"], d["_lo"], d["_hi"], facecolor="none", edgecolor=colors[li],
+                                     hatch="////", lw=0, alpha=0.45).set_gid(_BAND_GID)
                 if baseline and d["_b"].notna().any():
-                    ax.plot(d["epoch"], d["_b"], ":", color=colors[li], lw=1)
+                    pax.plot(d["epoch"], d["_b"], ":", color=colors[li], lw=1)
             if adjusted:
-                ax.axhline(0, color="0.3", lw=0.8, zorder=0.5)
-            ax.set_ylabel(_axis_label(lab, target, adjusted))
-            ax.grid(alpha=0.3)
+                pax.axhline(0, color="0.3", lw=0.8, zorder=0.5)
+            pax.set_ylabel(_axis_label(lab, target, adjusted))
+            pax.grid(alpha=0.3)
             if i == 0:
-                ax.set_title(s)
-            else:
-                ax.set_xlabel("epoch")
-    h, l = axes[0][0].get_legend_handles_labels()
+                pax.set_title(s)
+            if i == nt - 1:
+                pax.set_xlabel("epoch")
+            pax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    h, l = flat[0].get_legend_handles_labels()
     if h:
         notes = (["band: ± minibatch sd"] if df["_sd"].notna().any() else []) \
             + (["dotted: shuffled\nbaseline"] if baseline and df["_b"].notna().any() else []) \
             + ([f"hatched: chance,\nnull mean ± {CHANCE_Z:g} null sd"] if has_band else [])
         note = "layer" + ("\n(" + ";\n".join(notes) + ")" if notes else "")
-        fig.legend(h, l, loc="outside right center", title=note, frameon=False)
-    path = _save(fig, out)
-    plt.close(fig)
-    return path
+        _legend(canvas, flat, h, l, outside, "right center", title=note)
+    figure = _root(canvas)
+    if out is not None:
+        _save(figure, out, dpi)
+    return figure
 
 
 def curves_path(out: PathLike) -> Path:
@@ -426,4 +547,5 @@ def curves_path(out: PathLike) -> Path:
     return out.with_name(out.stem + "_curves" + (out.suffix or ".png"))
 
 
-__all__ = ["plot_information_plane", "plot_layer_curves", "load_estimates", "estimator_label", "curves_path"]
+__all__ = ["plot_information_plane", "plot_layer_curves", "load_estimates", "estimator_label", "curves_path",
+           "FIGURE_DPI"]

@@ -47,6 +47,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from infoplane.plot import FIGURE_DPI
+
 PathLike = Union[str, Path]
 
 REQUIRED_COLUMNS = ("estimator", "target", "value", "layer", "epoch")
@@ -480,7 +482,7 @@ def _plt():
 
 def _save(fig, path: Path) -> str:
     tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, dpi=FIGURE_DPI, bbox_inches="tight")
     os.replace(tmp, path)
     _plt().close(fig)
     return path.name
@@ -499,8 +501,29 @@ def _fig_metrics(metrics: pd.DataFrame, out: Path) -> Optional[str]:
             ax.plot(sub["epoch"], sub["value"], marker="o", ms=3, label=run)
         ax.set_title(m)
         ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        _integer_epochs(ax)
         ax.legend(fontsize=7)
     return _save(fig, out / "accuracy.png")
+
+
+def _integer_epochs(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _protocol_note(df: pd.DataFrame) -> str:
+    """'minibatch m = 100, eps = 1e-05, sigma paper' from the table's settings columns (each
+    distinct value listed)."""
+    def vals(col: str) -> str:
+        if col not in df.columns:
+            return "?"
+        v = [x for x in dict.fromkeys(df[col].dropna().tolist())]
+        return "/".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) or "?"
+
+    return (f"{vals('protocol')} protocol, m = {vals('batch_size')}, eps = {vals('eps')}, sigma {vals('sigma_rule')}; "
+            "hatched: chance level ± 2 null sd")
 
 
 def _fig_plane(df: pd.DataFrame, estimator: str, out: Path, adjusted: bool = False) -> Optional[str]:
@@ -508,8 +531,8 @@ def _fig_plane(df: pd.DataFrame, estimator: str, out: Path, adjusted: bool = Fal
     if adjusted:  # only through infoplane.plot; no figure when the table cannot give one
         try:
             from infoplane.plot import plot_information_plane
-            return plot_information_plane(sub, out / f"plane_adjusted_{estimator}.png", estimator=estimator,
-                                          adjusted=True).name
+            plot_information_plane(sub, out / f"plane_adjusted_{estimator}.png", estimator=estimator, adjusted=True)
+            return f"plane_adjusted_{estimator}.png"
         except (ImportError, ValueError, KeyError):
             return None
     wide = sub.pivot_table(index=["run", "layer", "layer_index", "epoch"], columns="target",
@@ -518,7 +541,8 @@ def _fig_plane(df: pd.DataFrame, estimator: str, out: Path, adjusted: bool = Fal
         return None
     try:  # the project's plotting module (infoplane.plot), else the built-in figure below
         from infoplane.plot import plot_information_plane
-        return plot_information_plane(sub, out / f"plane_{estimator}.png", estimator=estimator).name
+        plot_information_plane(sub, out / f"plane_{estimator}.png", estimator=estimator)
+        return f"plane_{estimator}.png"
     except (ImportError, ValueError, KeyError):
         pass
     plt = _plt()
@@ -551,28 +575,41 @@ def _fig_dynamics(df: pd.DataFrame, estimator: str, out: Path, chance_z: float =
     plt = _plt()
     layers = sub[["layer", "layer_index"]].drop_duplicates().sort_values("layer_index")["layer"].tolist()
     targets = [t for t in ("x", "y") if t in set(sub["target"])]
+    # the chance-adjusted scale (0 = chance, 1 = the maximum) is comparable across layers: shared axes
+    adjusted = "adjusted" in sub.columns and np.isfinite(_col(sub, "adjusted")).any()
     fig, axes = plt.subplots(len(targets), len(layers), figsize=(3.0 * len(layers), 2.6 * len(targets)),
-                             squeeze=False, layout="constrained")
+                             squeeze=False, layout="constrained", sharex=True, sharey="row" if adjusted else False)
+    label = {"nhsic": "nHSIC", "hsic": "HSIC"}.get(estimator, estimator)
+    if adjusted:
+        label = f"adjusted {label}"
     for i, t in enumerate(targets):
         for j, layer in enumerate(layers):
             ax = axes[i][j]
             for run, s in sub[(sub["target"] == t) & (sub["layer"] == layer)].groupby("run"):
                 s = s.sort_values("epoch")
-                line, = ax.plot(s["epoch"], s["value"], marker="o", ms=2.5, label=run)
+                scale = (_col(s, "max_value") - _col(s, "null_mean")) if adjusted else np.ones(len(s))
+                y = _col(s, "adjusted") if adjusted else _col(s, "value")
+                line, = ax.plot(s["epoch"], y, marker="o", ms=2.5, label=run)
                 if s["std"].notna().any():
-                    ax.fill_between(s["epoch"], s["value"] - s["std"], s["value"] + s["std"],
-                                    color=line.get_color(), alpha=0.2)
-                nm, ns = _col(s, "null_mean"), _col(s, "null_sd")
+                    sd = _col(s, "std") / scale
+                    ax.fill_between(s["epoch"], y - sd, y + sd, color=line.get_color(), alpha=0.2)
+                nm, ns = _col(s, "null_mean"), _col(s, "null_sd") / scale
+                if adjusted:
+                    nm = np.zeros(len(s))
                 if np.isfinite(nm).any() and np.isfinite(ns).any():
                     ax.fill_between(s["epoch"], nm - chance_z * ns, nm + chance_z * ns, facecolor="0.6",
                                     edgecolor=line.get_color(), hatch="////", lw=0, alpha=0.35
                                     ).set_gid("chance-band")
-                if s["baseline"].notna().any():
+                if s["baseline"].notna().any() and not adjusted:
                     ax.plot(s["epoch"], s["baseline"], ls="--", color=line.get_color(), lw=0.8)
             ax.set_title(f"{layer}: {t.upper()}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{label}({t.upper()};Z)")
             if i == len(targets) - 1:
                 ax.set_xlabel("epoch")
+            _integer_epochs(ax)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(_protocol_note(sub), fontsize=8)
     return _save(fig, out / f"dynamics_{estimator}.png")
 
 

@@ -575,6 +575,77 @@ class ActivationStore:
                 damaged.append(f"{what} is damaged ({exc})")
         return damaged
 
+    # ------------------------------------------------------------------ notebook views
+    def __repr__(self) -> str:
+        """Path, samples, model, dataset/split, checkpoints (count, first, last) and layer shapes."""
+        f = getattr(self, "_f", None)
+        if f is None or not f.id.valid:
+            return f"<ActivationStore {str(self.path)!r} (closed)>"
+        try:
+            return self._describe()
+        except Exception as exc:  # a repr must not raise, whatever the file holds
+            return f"<ActivationStore {str(self.path)!r} ({self.mode}; unreadable: {exc})>"
+
+    def _describe(self) -> str:
+        mode = "read-only" if self.mode == "r" else "open for writing"
+        model, ds = self.model, self.dataset
+        kwargs = model.get("kwargs") or {}
+        model_s = str(model.get("name", "?")) + (f" {kwargs}" if kwargs else "")
+        if isinstance(model.get("parameters"), int):
+            model_s += f" ({model['parameters']:,} parameters)"
+        ds_s = str(ds.get("name", "?")) + (f", {ds['num_classes']} classes" if ds.get("num_classes") else "")
+        data = ds.get("data") if isinstance(ds.get("data"), dict) else {}
+        if data.get("root") or data.get("factory"):
+            ds_s += f" from {data.get('root') or data.get('factory')}"
+        if data.get("loader"):
+            ds_s += " (via a DataLoader)"
+        complete = self.checkpoints()
+        pending = len(self.checkpoints(include_incomplete=True)) - len(complete)
+
+        def ck(cid: str) -> str:
+            return f"{cid} (epoch {int(self._group(cid).attrs.get('epoch', -1))})"
+
+        if complete:
+            ck_s = f"{len(complete)} complete: {ck(complete[0])}" + (f" .. {ck(complete[-1])}"
+                                                                      if len(complete) > 1 else "")
+        else:
+            ck_s = "none complete"
+        if pending:
+            ck_s += f" (+{pending} incomplete: re-run extract to finish)"
+        lines = [f"<ActivationStore {str(self.path)!r} ({mode})",
+                 f"  samples:     {self.n_samples}, input {tuple(self._f['samples/input'].shape[1:])}"
+                 + ("" if self.samples_complete else " (inputs not fully written)"),
+                 f"  model:       {model_s}",
+                 f"  dataset:     {ds_s}; split {self._f.attrs.get('split', '?')!s}",
+                 f"  checkpoints: {ck_s}"]
+        if complete:
+            last = complete[-1]
+            shapes = [f"{n} {tuple(self._layer_ds(last, n).shape[1:])}" for n in self.layers(last)]
+            lines.append(f"  layers:      " + ", ".join(shapes))
+        return "\n".join(lines) + ">"
+
+    def to_dataframe(self, ckpt: str, layer: str, rows: Rows = None) -> "pandas.DataFrame":  # noqa: F821
+        """One layer at one checkpoint as a table: one row per stored sample.
+
+        Columns ``index`` (the sample's dataset index), ``label`` (its class) and ``f0`` ..
+        ``f{d-1}``: the activations flattened in C order (a ``(C, H, W)`` layer gives ``d = C*H*W``
+        columns; :meth:`layer_attrs` ``original_shape`` says how to fold them back). The frame's
+        index is the row of the store (name ``row``). ``rows``: a slice or row indices (default
+        all). For arrays instead of a table use :meth:`read`, :meth:`labels` and :meth:`index`.
+        """
+        import pandas as pd
+
+        z = self.read(ckpt, layer, rows)
+        n = self.n_samples
+        sel = np.arange(n)[rows] if isinstance(rows, slice) else (
+            np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1) % max(n, 1))
+        flat = z.reshape(z.shape[0], -1)
+        frame = pd.DataFrame(flat, columns=[f"f{i}" for i in range(flat.shape[1])],
+                             index=pd.Index(sel, name="row"))
+        frame.insert(0, "label", self.labels()[sel])
+        frame.insert(0, "index", self.index()[sel])
+        return frame
+
     @property
     def info(self) -> Dict[str, Any]:
         """A summary: format, path, samples, model, dataset, split, checkpoints and their layers."""

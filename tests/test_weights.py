@@ -46,5 +46,8 @@ def test_cli_reads_a_run_directory(tmp_path, capsys):
     assert main(["info", str(tmp_path / "run"), "--weights", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["parameter"] for r in rows} >= {"w.weight"}
-    assert main(["info", str(tmp_path / "run")]) == 2           # a directory without --weights: one-line error
-    assert "is a directory" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "run")]) == 0           # a run directory: its table of epochs
+    assert "epoch  train_acc" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 2         # a directory without checkpoints: one line
+    assert "is a directory without checkpoints" in capsys.readouterr().err
