@@ -76,3 +76,19 @@ def test_demo_summary_table():
                        "epoch": [0, 1, 2], "value": [1.0, 3.0, 2.0], "baseline": [0.5, 0.5, 0.5]})
     row = summary_table(df).iloc[0]
     assert (row["first"], row["peak"], row["peak_epoch"], row["last"]) == (1.0, 3.0, 1, 2.0)
+
+
+def test_help_and_argument_errors_import_nothing_heavy():
+    """--help, --version and usage errors stay fast: the parser is built and errors are reported
+    without torch, h5py, pandas or matplotlib (benchmarks/cli_latency.py measures the time)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom infoplane.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['estimate', '--help'], ['report', '--help'],"
+            " ['estimate', 'x.h5', '--batch-size', '1']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'h5py', 'pandas', 'matplotlib') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
