@@ -260,7 +260,7 @@ def _cmd_estimate(a) -> int:
     cfg = EstimateConfig(estimator=a.estimator, protocol=a.protocol, batch_size=a.batch_size, eps=a.eps,
                          sigma=a.sigma, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
                          device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
-                         distance=a.distance, progress=not a.no_progress, num_threads=a.threads,
+                         distance=a.distance, progress=not a.no_progress, threads=a.threads,
                          allow_incomplete=a.allow_incomplete)
     out = estimate_to_csv(a.store, a.out, cfg)
     df = pd.read_csv(out)

@@ -64,7 +64,7 @@ class EstimateConfig:
     for estimators without an exact null (nHSIC and HSIC have ``null_mean``/``null_sd``).
     seed: the shuffle's seed. device: torch device. layers / checkpoints: restrict to these names
     (None = all). distance: "squared" (standard RBF) or "euclidean" (non-squared distance, as the
-    published E2E-info code). progress: show a progress bar. num_threads: CPU threads for torch
+    published E2E-info code). progress: show a progress bar. threads: CPU threads for torch
     while estimating; None = 1 for the minibatch protocol (its 100 x 100 matrices gain nothing from
     threads, and oversubscribed threads were measured 20x slower on a busy 2-core machine) and
     torch's setting for ``full``. allow_incomplete: estimate the complete checkpoints of a store
@@ -85,7 +85,7 @@ class EstimateConfig:
     checkpoints: Optional[Sequence[str]] = None
     distance: str = "squared"
     progress: bool = True
-    num_threads: Optional[int] = None
+    threads: Optional[int] = None
     allow_incomplete: bool = False
 
     @property
@@ -305,11 +305,11 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
 
 
 def _with_threads(cfg: EstimateConfig, run: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    threads = cfg.num_threads if cfg.num_threads is not None else (None if cfg.protocol == "full" else 1)
+    threads = cfg.threads if cfg.threads is not None else (None if cfg.protocol == "full" else 1)
     saved = torch.get_num_threads()
     if threads is not None:
         if int(threads) < 1:
-            raise ValueError(f"num_threads must be >= 1, got {threads}")
+            raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(int(threads))
     try:
         return run()
@@ -444,7 +444,7 @@ def _resume_key(path: PathLike, cfg: EstimateConfig) -> Dict[str, Any]:
     sha256 of every checkpoint) and every setting that changes a value."""
     with ActivationStore(path) as store:
         ckpts = {c: str(store.checkpoint_attrs(c).get("sha256", "")) for c in store.checkpoints()}
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "num_threads", "device")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "threads", "device")}
     return json.loads(json.dumps({"store": str(Path(path).resolve()), "checkpoints": ckpts, "settings": settings},
                                  default=str))
 

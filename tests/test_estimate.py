@@ -129,7 +129,7 @@ def test_write_csv_atomic(tmp_path):
 def test_thread_setting_is_restored(store):
     before = torch.get_num_threads()
     estimate_store(store[0], EstimateConfig(progress=False, layers=["noise"], checkpoints=["epoch_0000"],
-                                            num_threads=1))
+                                            threads=1))
     assert torch.get_num_threads() == before
 
 
