@@ -70,3 +70,20 @@ def test_readme_notebook_tour_runs_as_written(cli_tour, monkeypatch):
     script.write_text(code)
     namespace = runpy.run_path(str(script))
     assert {"df", "r", "fig"} <= set(namespace)
+
+
+def test_readme_bring_your_own_example_runs_as_written(tmp_path, monkeypatch):
+    """README's torchvision-model-on-your-Dataset example, verbatim, in a fresh directory."""
+    import runpy
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)
+    code = next(b for b in _blocks(ROOT / "README.md", "python") if "torchvision.models" in b)
+    script = tmp_path / "byo.py"
+    script.write_text(code)
+    namespace = runpy.run_path(str(script))
+    df = namespace["df"]
+    assert set(df["layer"]) == {"layer1", "layer4"} and df["z"].notna().all()
+
