@@ -452,8 +452,7 @@ def plot_information_plane(df: pd.DataFrame, out: Optional[PathLike] = None, *,
         cb.set_label(f"epoch ({s})")
         cb.locator = MaxNLocator(integer=True)
         cb.update_ticks()
-    if title:
-        canvas.suptitle(title)
+    canvas.suptitle("\n".join(t for t in (title, protocol_note(df)) if t), fontsize=9)
     figure = _root(canvas)
     if out is not None:
         _save(figure, out, dpi)
@@ -535,10 +534,27 @@ def plot_layer_curves(df: pd.DataFrame, out: Optional[PathLike] = None, *,
             + ([f"hatched: chance,\nnull mean ± {CHANCE_Z:g} null sd"] if has_band else [])
         note = "layer" + ("\n(" + ";\n".join(notes) + ")" if notes else "")
         _legend(canvas, flat, h, l, outside, "right center", title=note)
+    canvas.suptitle(protocol_note(df), fontsize=9)
     figure = _root(canvas)
     if out is not None:
         _save(figure, out, dpi)
     return figure
+
+
+def protocol_note(df: pd.DataFrame) -> str:
+    """How the values were estimated, for a figure: 'minibatch protocol, m = 100, eps = 1e-05,
+    sigma paper' (every distinct value of each setting column listed; '' without those columns)."""
+    def vals(col: str) -> str:
+        if col not in df.columns:
+            return ""
+        v = list(dict.fromkeys(df[col].dropna().tolist()))
+        return "/".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+
+    parts = [f"{vals('protocol')} protocol" if vals("protocol") else "",
+             f"m = {vals('batch_size')}" if vals("batch_size") else "",
+             f"eps = {vals('eps')}" if vals("eps") and vals("eps") != "nan" else "",
+             f"sigma {vals('sigma_rule')}" if vals("sigma_rule") else ""]
+    return ", ".join(p for p in parts if p)
 
 
 def curves_path(out: PathLike) -> Path:

@@ -514,16 +514,9 @@ def _integer_epochs(ax: Any) -> None:
 
 
 def _protocol_note(df: pd.DataFrame) -> str:
-    """'minibatch m = 100, eps = 1e-05, sigma paper' from the table's settings columns (each
-    distinct value listed)."""
-    def vals(col: str) -> str:
-        if col not in df.columns:
-            return "?"
-        v = [x for x in dict.fromkeys(df[col].dropna().tolist())]
-        return "/".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) or "?"
+    from infoplane.plot import protocol_note
 
-    return (f"{vals('protocol')} protocol, m = {vals('batch_size')}, eps = {vals('eps')}, sigma {vals('sigma_rule')}; "
-            "hatched: chance level ± 2 null sd")
+    return f"{protocol_note(df)}; hatched: chance level ± 2 null sd"
 
 
 def _fig_plane(df: pd.DataFrame, estimator: str, out: Path, adjusted: bool = False) -> Optional[str]:
