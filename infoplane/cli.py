@@ -500,8 +500,12 @@ def _run(a) -> int:
     except BrokenPipeError:  # output piped into `head` etc.
         return 0
     except KeyboardInterrupt:
-        print(f"infoplane {a.command}: interrupted; {_KEPT_ON_INTERRUPT.get(a.command, 'nothing was written')}",
-              file=sys.stderr)
+        kept = _KEPT_ON_INTERRUPT.get(a.command, "nothing was written")
+        if a.command == "estimate":
+            from infoplane.estimate import resume_path
+
+            kept = kept.replace("OUT.partial.jsonl", str(resume_path(a.out)))
+        print(f"infoplane {a.command}: interrupted; {kept}", file=sys.stderr)
         return 130
     except _ERRORS as exc:
         if a.debug:
