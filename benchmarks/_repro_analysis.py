@@ -254,6 +254,18 @@ def _r(x: Any, nd: int = 4) -> Any:
     return x
 
 
+
+def _every_layer_compresses(lx: "pd.DataFrame", seed: int, who: str = ""
+                            ) -> Tuple[Optional[bool], Optional[str], Optional[float], Optional[float]]:
+    """One seed of an 'every hidden layer compresses' statement: (verdict or None when undecidable,
+    the reason when undecidable, fraction of layers compressing, smallest peak z)."""
+    if lx.empty:
+        return None, f"seed {seed}: no estimates", None, None
+    frac, z = float(lx["compresses"].mean()), float(lx["z_peak"].min())
+    if (lx["role"] == "chance").any():
+        return None, f"seed {seed}: {who}{', '.join(lx[lx['role'] == 'chance']['layer'])} at chance", frac, z
+    return bool(lx["compresses"].all()), None, frac, z
+
 class Judge:
     """Evaluates every claim on the loaded tables."""
 
@@ -413,18 +425,11 @@ class Judge:
                             why1.append(f"seed {s}: E2E last hidden layer's nHSIC(Y;Z) at chance")
                         else:
                             ok1.append(bool(mid["compresses"].any() and not last_y["compresses"]))
-                    lx = self.layers(gl, s, proto, "x")
-                    if lx.empty:
-                        ok2.append(None)
-                        why2.append(f"seed {s}: no estimates")
-                        continue
-                    n_lw.append(float(lx["compresses"].mean()))
-                    zs2.append(float(lx["z_peak"].min()))
-                    if (lx["role"] == "chance").any():
-                        ok2.append(None)
-                        why2.append(f"seed {s}: layer-wise {', '.join(lx[lx['role'] == 'chance']['layer'])} at chance")
-                    else:
-                        ok2.append(bool(lx["compresses"].all()))
+                    ok, why, frac, z = _every_layer_compresses(self.layers(gl, s, proto, "x"), s, "layer-wise ")
+                    ok2.append(ok)
+                    why2 += [why] if why else []
+                    n_lw += [frac] if frac is not None else []
+                    zs2 += [z] if z is not None else []
                 stat1 = {"name": "E2E: fraction of middle hidden layers compressing nHSIC(X;Z); last hidden layer's "
                                  "nHSIC(Y;Z) drop in sd", "per_seed": {"middle_fraction_compressing": n_mid,
                                                                        "last_hidden_y_drop_in_sd": y_drop},
@@ -526,18 +531,11 @@ class Judge:
             for proto, plabel in self.protocols():
                 ok, why, frac, zs = [], [], [], []
                 for s in seeds:
-                    lx = self.layers(g, s, proto)
-                    if lx.empty:
-                        ok.append(None)
-                        why.append(f"seed {s}: no estimates")
-                        continue
-                    frac.append(float(lx["compresses"].mean()))
-                    zs.append(float(lx["z_peak"].min()))
-                    if (lx["role"] == "chance").any():
-                        ok.append(None)
-                        why.append(f"seed {s}: {', '.join(lx[lx['role'] == 'chance']['layer'])} at chance")
-                    else:
-                        ok.append(bool(lx["compresses"].all()))
+                    o, w, f, z = _every_layer_compresses(self.layers(g, s, proto), s)
+                    ok.append(o)
+                    why += [w] if w else []
+                    frac += [f] if f is not None else []
+                    zs += [z] if z is not None else []
                 stat = {"name": "fraction of hidden layers compressing nHSIC(X;Z)", "per_seed": frac, **_msd(frac),
                         "threshold_null_sd": self.thr, "chance_margin_z_peak": min(zs) if zs else math.nan}
                 self.add(claim, base, plabel, [g], seeds, ok, stat, why)
