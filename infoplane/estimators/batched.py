@@ -40,10 +40,20 @@ def batched_center(K: torch.Tensor) -> torch.Tensor:
 
 
 def _batched_sq_dists(x: torch.Tensor) -> torch.Tensor:
+    # one fused GEMM ``(|x_i|^2 + |x_j|^2) - 2 x_i.x_j`` (the factor -2 is exact), then in place
     sq = (x * x).sum(dim=-1)
-    d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * (x @ x.transpose(1, 2))).clamp_min(0.0)
+    d2 = torch.baddbmm(sq[:, :, None] + sq[:, None, :], x, x.transpose(1, 2), alpha=-2.0)
     eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
-    return d2.masked_fill(eye, 0.0)
+    if d2.requires_grad:
+        return d2.clamp_min(0.0).masked_fill(eye, 0.0)
+    return d2.clamp_min_(0.0).masked_fill_(eye, 0.0)
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    """``kernels.check_finite`` semantics at the cost of one sum: a sum of finite values is finite
+    unless it overflows, so the full (allocating) check runs only when the sum is not finite."""
+    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x.detach().sum()).all()):
+        _k.check_finite(x, name)
 
 
 def batched_sigma_median(x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +79,11 @@ def batched_rbf_grams(x: torch.Tensor, sigma: Union[str, float], squared: bool =
         s = batched_sigma_median(x)[:, None, None]
     else:
         s = torch.tensor(_k.resolve_sigma(x[0], sigma), dtype=x.dtype, device=x.device)
-    dist = d2 if squared else d2.sqrt()
-    return torch.exp(-dist / (2.0 * s * s))
+    if d2.requires_grad:                            # autograd: no in-place ops on saved tensors
+        dist = d2 if squared else d2.sqrt()
+        return torch.exp(-dist / (2.0 * s * s))
+    dist = d2 if squared else d2.sqrt_()
+    return dist.div_(-2.0 * s * s).exp_()          # = exp(-dist / (2 s^2)), in place
 
 
 def _batches(x: torch.Tensor, b: int) -> torch.Tensor:
@@ -92,7 +105,8 @@ def _resolvent(Kc: torch.Tensor, shift: float, C: Optional[torch.Tensor] = None,
     if C is None:
         C, ok = _chol(Kc, shift)
     eye = torch.eye(Kc.shape[-1], dtype=Kc.dtype, device=Kc.device)
-    A = eye - shift * torch.cholesky_inverse(C)
+    A = eye - shift * torch.cholesky_inverse(C) if C.requires_grad else \
+        torch.cholesky_inverse(C).mul_(-shift).add_(eye)           # I - shift P^-1, in place
     if not bool(ok.all()):                       # eigh fallback for the batches that failed
         bad = (~ok).nonzero().flatten()
         s2, U = torch.linalg.eigh(0.5 * (Kc[bad] + Kc[bad].transpose(1, 2)))
@@ -136,19 +150,19 @@ def prepare_minibatch_side(other: Any, *, kernel: str = "rbf", batch_size: int =
     shift = eps * b
     if kern == "rbf":
         X = _k.flatten(other, dtype=dtype, device=dev)
-        _k.check_finite(X, "samples")
+        _check_finite(X, "samples")
         _check_n(X.shape[0], b)
         A = _resolvent(batched_center(batched_rbf_grams(_batches(X, b), sigma, squared)), shift)
         return MinibatchSide("rbf", X.shape[0], b, eps, A=A, summary=summarize(A))
     if kern in ("label", "linear", "onehot", "one-hot"):
         if kern == "linear":
             Y = _k.flatten(other, dtype=dtype, device=dev)
-            _k.check_finite(Y, "samples")
+            _check_finite(Y, "samples")
         else:
             yt = _k.as_tensor(other, dtype=None, device=dev)
             if yt.dim() == 2:
                 Y = yt.to(dtype)
-                _k.check_finite(Y, "label codes")
+                _check_finite(Y, "label codes")
             else:
                 Y = _k.one_hot(yt, num_classes, dtype=dtype, device=dev)
         _check_n(Y.shape[0], b)
@@ -219,7 +233,7 @@ def nhsic_minibatches_many(z: Any, others: Sequence[MinibatchSide], *, sigma: Un
         if o.batch_size != b or o.eps != eps:
             raise ValueError("nhsic_minibatches_many: all sides must share batch_size and eps.")
     Z = _k.flatten(z, dtype=dtype, device=dev)
-    _k.check_finite(Z, "z")
+    _check_finite(Z, "z")
     N = Z.shape[0]
     _check_n(N, b)
     for o in others:

@@ -145,12 +145,12 @@ def adjusted_value(value: float, null_mean: float, max_value: float) -> float:
 
 def gamma_p_value(value: float, mean: float, var: float) -> float:
     """One-sided p-value ``P(T >= value)`` of a gamma law with the given mean and variance (T >= 0)."""
-    from scipy import stats
+    from scipy.special import gammaincc  # the regularised upper incomplete gamma: scipy.stats costs ~1 s to import
 
     if not (math.isfinite(value) and math.isfinite(mean) and math.isfinite(var)) or mean <= 0 or var <= 0:
         return math.nan
     shape, scale = mean * mean / var, var / mean
-    return float(stats.gamma.sf(value, shape, scale=scale))
+    return float(gammaincc(shape, max(value, 0.0) / scale))
 
 
 @dataclass
