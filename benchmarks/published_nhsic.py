@@ -29,7 +29,7 @@ Both are pure functions of their inputs; neither uses ``infoplane``.
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 import numpy as np
 import torch
@@ -97,14 +97,21 @@ def minibatch_as_published(x: Any, z: Any, y: Any, *, num_classes: int, batch_si
     batches of ``batch_size``; the last incomplete batch is dropped. Two calls per batch.
     ``dtype``/``device``: float32 on the CPU is the published setting (float64 only for checks).
     """
+    return _per_batch(nhsic_as_published, x, z, y, num_classes, batch_size, eps, dtype, device)
+
+
+def _per_batch(call: Callable[..., float], x: Any, z: Any, y: Any, num_classes: int, batch_size: int, eps: float,
+               dtype: torch.dtype, device: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The published loop: for each consecutive batch, one ``call`` for X and one for Y (Z's Gram
+    rebuilt by each call, as published); the last incomplete batch is dropped."""
     X = _flat(torch.as_tensor(np.asarray(x), dtype=dtype, device=device))
     Z = _flat(torch.as_tensor(np.asarray(z), dtype=dtype, device=device))
     Y = one_hot(y, num_classes, dtype).to(device)
     vx, vy = [], []
     for i in range(X.shape[0] // batch_size):
         sl = slice(i * batch_size, (i + 1) * batch_size)
-        vx.append(nhsic_as_published(X[sl], Z[sl], eps=eps))
-        vy.append(nhsic_as_published(Y[sl], Z[sl], kernel_a="linear", eps=eps))
+        vx.append(call(X[sl], Z[sl], eps=eps))
+        vy.append(call(Y[sl], Z[sl], kernel_a="linear", eps=eps))
     return np.asarray(vx), np.asarray(vy)
 
 
@@ -135,15 +142,7 @@ def minibatch_written_well(x: Any, z: Any, y: Any, *, num_classes: int, batch_si
                            eps: float = EPS, dtype: torch.dtype = torch.float32,
                            device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
     """(2) The published protocol with :func:`nhsic_written_well`: still one call per batch per target."""
-    X = _flat(torch.as_tensor(np.asarray(x), dtype=dtype, device=device))
-    Z = _flat(torch.as_tensor(np.asarray(z), dtype=dtype, device=device))
-    Y = one_hot(y, num_classes, dtype).to(device)
-    vx, vy = [], []
-    for i in range(X.shape[0] // batch_size):
-        sl = slice(i * batch_size, (i + 1) * batch_size)
-        vx.append(nhsic_written_well(X[sl], Z[sl], eps=eps))
-        vy.append(nhsic_written_well(Y[sl], Z[sl], kernel_a="linear", eps=eps))
-    return np.asarray(vx), np.asarray(vy)
+    return _per_batch(nhsic_written_well, x, z, y, num_classes, batch_size, eps, dtype, device)
 
 
 def sigma_paper(dim: int) -> float:
