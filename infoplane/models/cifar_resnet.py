@@ -3,7 +3,7 @@
 Depth ``6n + 2``: ``stem`` (Conv3x3 to ``width`` channels -> BN -> ReLU), then ``3n`` basic residual
 blocks in three stages of ``width, 2 width, 4 width`` channels (16/32/64 in the paper; stride 2 at the
 start of stages 2 and 3, 1x1 projection skips there), then ``out`` (global average pool -> Linear).
-Seed 003 appendix F: every residual block is one basic layer and the first convolution one more, so
+Wang et al. 2021, appendix F: every residual block is one basic layer and the first convolution one more, so
 ResNet-32 has 16 and ResNet-110 55 basic layers; ``out`` counts 0 basic layers and joins the last
 local module. Shapes: ``(N, C, H, W) -> (N, num_classes)``.
 """
