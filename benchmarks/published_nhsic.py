@@ -80,12 +80,18 @@ def _nhsic_from_centred(k_x: torch.Tensor, k_z: torch.Tensor, eps: float) -> tor
     return torch.sum(r_x * r_z.T)
 
 
+def _nhsic(rbf: Callable[[torch.Tensor], torch.Tensor], linear: Callable[[torch.Tensor], torch.Tensor],
+           a: torch.Tensor, b: torch.Tensor, kernel_a: str, kernel_b: str, eps: float) -> float:
+    """One nHSIC(a; b) call from the given Gram builders (each side 'rbf' or 'linear')."""
+    ka = rbf(a) if kernel_a == "rbf" else linear(a)
+    kb = rbf(b) if kernel_b == "rbf" else linear(b)
+    return float(_nhsic_from_centred(ka, kb, eps))
+
+
 def nhsic_as_published(a: torch.Tensor, b: torch.Tensor, *, kernel_a: str = "rbf", kernel_b: str = "rbf",
                        eps: float = EPS) -> float:
     """(1) One nHSIC(a; b) call as published: both Grams built here, two explicit inverses."""
-    ka = gram_as_published(a) if kernel_a == "rbf" else linear_gram_as_published(a)
-    kb = gram_as_published(b) if kernel_b == "rbf" else linear_gram_as_published(b)
-    return float(_nhsic_from_centred(ka, kb, eps))
+    return _nhsic(gram_as_published, linear_gram_as_published, a, b, kernel_a, kernel_b, eps)
 
 
 def minibatch_as_published(x: Any, z: Any, y: Any, *, num_classes: int, batch_size: int = 100,
@@ -133,9 +139,7 @@ def linear_gram_written_well(y: torch.Tensor) -> torch.Tensor:
 def nhsic_written_well(a: torch.Tensor, b: torch.Tensor, *, kernel_a: str = "rbf", kernel_b: str = "rbf",
                        eps: float = EPS) -> float:
     """(2) One nHSIC(a; b) call: same formula, precision and explicit inverses as (1)."""
-    ka = gram_written_well(a) if kernel_a == "rbf" else linear_gram_written_well(a)
-    kb = gram_written_well(b) if kernel_b == "rbf" else linear_gram_written_well(b)
-    return float(_nhsic_from_centred(ka, kb, eps))
+    return _nhsic(gram_written_well, linear_gram_written_well, a, b, kernel_a, kernel_b, eps)
 
 
 def minibatch_written_well(x: Any, z: Any, y: Any, *, num_classes: int, batch_size: int = 100,

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from infoplane.models.split import split_into_modules
+from infoplane.models.split import feature_shapes, split_into_modules
 
 
 class LocalModules:
@@ -45,22 +45,7 @@ class LocalModules:
         self.blocks: List[nn.Sequential] = blocks
         self.children_names = children
         self.input_shape: Tuple[int, ...] = tuple(int(s) for s in getattr(model, "input_shape"))
-        self.feature_shapes: List[Tuple[int, ...]] = self._shapes(model, device)
-
-    def _shapes(self, model: nn.Module, device: Optional[torch.device]) -> List[Tuple[int, ...]]:
-        if device is None:
-            p = next(model.parameters(), None)
-            device = p.device if p is not None else torch.device("cpu")
-        was = model.training
-        model.eval()
-        shapes = []
-        with torch.no_grad():
-            z = torch.zeros((2,) + self.input_shape, device=device)
-            for block in self.blocks:
-                z = block(z)
-                shapes.append(tuple(z.shape[1:]))
-        model.train(was)
-        return shapes
+        self.feature_shapes: List[Tuple[int, ...]] = feature_shapes(model, self.modules_names, device)
 
     def module_of(self) -> Dict[str, int]:
         """Child name -> index of its module."""

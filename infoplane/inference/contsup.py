@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from infoplane.models.base import LayeredNet
+from infoplane.models.split import feature_shapes
 
 #: ``n`` of ``Rn`` / ``RnE``: every earlier module input
 ALL = -1
@@ -188,25 +189,6 @@ class ContSupNet(LayeredNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return next(reversed(self.forward_layers(x).values()))
-
-
-def feature_shapes(backbone: nn.Module, modules: Sequence[Sequence[str]],
-                   device: Optional[torch.device] = None) -> List[Tuple[int, ...]]:
-    """Per-sample output shape of every module (a zero batch through the backbone in eval mode)."""
-    if device is None:
-        p = next(backbone.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    was = backbone.training
-    backbone.eval()
-    shapes = []
-    with torch.no_grad():
-        z = torch.zeros((2,) + tuple(int(s) for s in getattr(backbone, "input_shape")), device=device)
-        for names in modules:
-            for n in names:
-                z = backbone.get_submodule(n)(z)
-            shapes.append(tuple(int(s) for s in z.shape[1:]))
-    backbone.train(was)
-    return shapes
 
 
 def contsup_spec(modules: Sequence[Sequence[str]], context: Any) -> Dict[str, Any]:

@@ -8,8 +8,9 @@ be {13, 14, 14, 14}." (Wang et al. 2021, appendix F, "Local module splitting").
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 
 
@@ -61,4 +62,23 @@ def split_into_modules(model: nn.Module, K: int) -> List[List[str]]:
     return modules
 
 
-__all__ = ["module_sizes", "split_into_modules"]
+def feature_shapes(backbone: nn.Module, modules: Sequence[Sequence[str]],
+                   device: Optional[torch.device] = None) -> List[Tuple[int, ...]]:
+    """Per-sample output shape of every module (a zero batch through the backbone in eval mode)."""
+    if device is None:
+        p = next(backbone.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    was = backbone.training
+    backbone.eval()
+    shapes = []
+    with torch.no_grad():
+        z = torch.zeros((2,) + tuple(int(s) for s in getattr(backbone, "input_shape")), device=device)
+        for names in modules:
+            for n in names:
+                z = backbone.get_submodule(n)(z)
+            shapes.append(tuple(int(s) for s in z.shape[1:]))
+    backbone.train(was)
+    return shapes
+
+
+__all__ = ["module_sizes", "split_into_modules", "feature_shapes"]

@@ -113,11 +113,7 @@ class ContSup(ModularRegime):
             hist = (hist + [cur])[-keep:]
             h = self.split.blocks[k](cur)
             if y is not None:
-                loss = self.module_loss(k, h, x, y)
-                if backward:
-                    loss.backward()
-                    loss = loss.detach()
-                losses[k] = loss
+                losses[k] = self.backward_module_loss(k, h, x, y, backward)
         return losses, h, hist  # type: ignore[return-value]
 
     def _prefix(self, k: int):

@@ -142,12 +142,17 @@ class ModularRegime(Regime):
             inp = x if k == 0 else self.module_input(k, x, h.detach(), inp.detach())  # type: ignore[union-attr]
             h = self.split.blocks[k](inp)
             if y is not None:
-                loss = self.module_loss(k, h, x, y)
-                if backward:
-                    loss.backward()
-                    loss = loss.detach()
-                losses[k] = loss
+                losses[k] = self.backward_module_loss(k, h, x, y, backward)
         return losses, h, inp  # type: ignore[return-value]
+
+    def backward_module_loss(self, k: int, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                             backward: bool) -> torch.Tensor:
+        """Module k's loss on its output h; with ``backward`` back-propagated at once and returned detached."""
+        loss = self.module_loss(k, h, x, y)
+        if backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, None)[1]
