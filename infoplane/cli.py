@@ -164,7 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the baseline shuffle")
     s.add_argument("--device", default="cpu", help=DEVICE_HELP)
     s.add_argument("--threads", type=int_at_least(1), default=None,
-                   help="CPU threads (default: 1 for minibatches, torch's default for --full)")
+                   help="CPU threads per job (default: 1 for minibatches or several jobs, torch's default for "
+                        "--full)")
+    s.add_argument("--jobs", type=int_at_least(1), default=1,
+                   help="(checkpoint, layer) jobs run at once on this machine, e.g. the number of cores "
+                        "(default: 1); values do not depend on it")
+    s.add_argument("--backend", default="auto", choices=("auto", "threads", "processes"),
+                   help="where --jobs run: threads of this process (kernel estimators: their time is spent in "
+                        "LAPACK, which releases the GIL) or worker processes; auto: threads for kernel "
+                        "estimators, processes for the others")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run every job on a Dask distributed cluster, e.g. tcp://10.0.0.1:8786; the workers "
+                        "read the store from the same path (docs/scaling.md)")
+    s.add_argument("--shard", default=None, metavar="I/N",
+                   help="estimate only the I-th of N interleaved parts of the jobs (0-based), for array jobs; "
+                        "pass the N CSVs together to `infoplane report` or `plot`")
     s.add_argument("--out", default="estimates.csv",
                    help="CSV to write (finished layers are kept in OUT.partial.jsonl until the end, so an "
                         "interrupted run resumes)")
@@ -261,7 +275,8 @@ def _cmd_estimate(a) -> int:
                          sigma=a.sigma, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
                          device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
                          distance=a.distance, progress=not a.no_progress, threads=a.threads,
-                         allow_incomplete=a.allow_incomplete)
+                         allow_incomplete=a.allow_incomplete, jobs=a.jobs, backend=a.backend,
+                         scheduler=a.scheduler, shard=a.shard)
     out = estimate_to_csv(a.store, a.out, cfg)
     df = pd.read_csv(out)
     print(f"wrote {out}: {len(df)} rows ({df['checkpoint'].nunique()} checkpoints x "

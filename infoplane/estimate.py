@@ -69,7 +69,13 @@ class EstimateConfig:
     threads, and oversubscribed threads were measured 20x slower on a busy 2-core machine) and
     torch's setting for ``full``. allow_incomplete: estimate the complete checkpoints of a store
     that also holds incomplete ones (they get a ``status`` row saying so); by default that is an
-    error naming them.
+    error naming them. jobs: (checkpoint, layer) jobs run at once; backend: "threads" (one
+    process, the store read once; kernel estimators spend their time in LAPACK/BLAS, which releases
+    the GIL), "processes" (joblib's process pool, each worker opening the store) or "auto"
+    (threads for kernel estimators, processes for the others). scheduler: the address of a Dask
+    distributed scheduler (``tcp://host:8786``): every job runs on the cluster's workers, each
+    reading the store from the same path. shard: ``"i/n"``, only the i-th of n interleaved parts of
+    the jobs (for array jobs; concatenate the n CSVs). Values do not depend on any of these.
     """
 
     estimator: str = "nhsic"
@@ -87,6 +93,10 @@ class EstimateConfig:
     progress: bool = True
     threads: Optional[int] = None
     allow_incomplete: bool = False
+    jobs: int = 1
+    backend: str = "auto"
+    scheduler: Optional[str] = None
+    shard: Optional[str] = None
 
     @property
     def full(self) -> bool:
@@ -122,6 +132,14 @@ class EstimateConfig:
                                      f"got {self.sigma!r}") from None
         if not isinstance(self.sigma, str) and not float(self.sigma) > 0:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
+        if isinstance(self.jobs, bool) or int(self.jobs) != self.jobs or int(self.jobs) < 1:
+            raise ValueError(f"jobs must be an integer >= 1, got {self.jobs!r}")
+        if self.backend not in ("auto", "threads", "processes"):
+            raise ValueError(f"backend must be 'auto', 'threads' or 'processes', got {self.backend!r}")
+        if self.shard is not None:
+            from infoplane.parallel import parse_shard
+
+            parse_shard(self.shard)
 
 
 def check_csv_path(path: PathLike, what: str = "--out") -> Path:
@@ -147,31 +165,49 @@ def write_csv_atomic(df: pd.DataFrame, path: PathLike) -> Path:
 
 
 class _LayerReader:
-    """Rows of one stored layer, read at once when small, else batch by batch."""
+    """Rows of one stored layer, read at once when small, else batch by batch (under ``lock``, when
+    worker threads share the store)."""
 
-    def __init__(self, store: ActivationStore, ckpt: str, layer: str) -> None:
-        ds = store._layer_ds(ckpt, layer)
-        self._all = None
-        if ds.size * ds.dtype.itemsize <= _READ_ALL_BYTES:
-            self._all = store.read(ckpt, layer)
+    def __init__(self, store: ActivationStore, ckpt: str, layer: str, lock: Any = None) -> None:
+        import contextlib
+
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+        with self._lock:
+            ds = store._layer_ds(ckpt, layer)
+            self._all = None
+            if ds.size * ds.dtype.itemsize <= _READ_ALL_BYTES:
+                self._all = store.read(ckpt, layer)
         self._store, self._ckpt, self._layer = store, ckpt, layer
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         if self._all is not None:
-            return self._all[idx]
-        return self._store.read(self._ckpt, self._layer, rows=idx)
+            return self._all if _is_identity(idx, len(self._all)) else self._all[idx]
+        with self._lock:
+            return self._store.read(self._ckpt, self._layer, rows=idx)
+
+
+def _is_identity(idx: np.ndarray, n: int) -> bool:
+    return len(idx) == n and bool(idx[0] == 0 and idx[-1] == n - 1 and np.all(np.diff(idx) == 1))
 
 
 def _non_finite(reader: "_LayerReader") -> int:
     """Number of NaN/inf activations of a stored layer (read in row blocks when it is large)."""
+    def count(block: np.ndarray) -> int:
+        # a float64 sum of finite float16/32 values is finite: the element-wise check runs only when not
+        if np.isfinite(np.sum(block, dtype=np.float64)):
+            return 0
+        return int(block.size - np.isfinite(block).sum())
+
     if reader._all is not None:
-        return int(np.size(reader._all) - np.isfinite(reader._all).sum())
-    ds = reader._store._layer_ds(reader._ckpt, reader._layer)
+        return count(reader._all)
+    with reader._lock:
+        ds = reader._store._layer_ds(reader._ckpt, reader._layer)
     step = max(1, (_READ_ALL_BYTES // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:])))))
     bad = 0
     for start in range(0, ds.shape[0], step):
-        block = reader._store.read(reader._ckpt, reader._layer, rows=slice(start, start + step))
-        bad += int(block.size - np.isfinite(block).sum())
+        with reader._lock:
+            block = reader._store.read(reader._ckpt, reader._layer, rows=slice(start, start + step))
+        bad += count(block)
     return bad
 
 
@@ -250,31 +286,41 @@ class _Runner:
             self._cache[key] = side
         return self._cache[key]
 
-    def result(self, reader: _LayerReader, target: str, shuffled: bool):
-        """DependenceResult of the estimator on (Z rows, target rows) (Z rows permuted if shuffled)."""
+    def prepare(self) -> None:
+        """Compute the target sides now (before worker threads share this runner read-only)."""
+        if self.fast:
+            for target in ("x", "y"):
+                self._target_side(target)
+
+    def result(self, reader: _LayerReader, target: str, shuffled: bool, cache: Optional[Dict[tuple, Any]] = None):
+        """DependenceResult of the estimator on (Z rows, target rows) (Z rows permuted if shuffled).
+
+        ``cache``: a dict private to one layer's job, holding its Z side for both targets (and, for
+        the low-rank path, the target factors as refined for this layer)."""
         from infoplane.estimators import assess, batched, fast, protocol
 
         zidx = self.perm[: self.used] if shuffled else np.arange(self.used)
         if self.fast:
-            key = ("z", id(reader), shuffled)
-            if key not in self._cache:  # one Z side per layer (minibatch resolvents or factor), both targets
-                for k in [k for k in self._cache if k[0] == "z"]:
-                    del self._cache[k]
+            cache = {} if cache is None else cache
+            key = ("z", shuffled)
+            if key not in cache:  # one Z side per layer (minibatch resolvents or factor), both targets
                 z = reader.rows(zidx)
                 if self.protocol == "minibatch":
-                    self._cache[key] = batched.prepare_minibatch_side(
+                    cache[key] = batched.prepare_minibatch_side(
                         z, kernel="rbf", batch_size=self.m, eps=self.eps, sigma=self.cfg.sigma,
                         squared=self.cfg.squared, device=self.device)
                 else:
-                    self._cache[key] = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
-                                                      tolerance=self.cfg.tolerance, device=self.device)
+                    cache[key] = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
+                                                tolerance=self.cfg.tolerance, device=self.device)
             if self.protocol == "minibatch":
-                return protocol.nhsic_minibatch_result(self._cache[key], self._target_side(target))
-            fz, ft = self._cache[key], self._target_side(target)
+                return protocol.nhsic_minibatch_result(cache[key], self._target_side(target))
+            fz, ft = cache[key], cache.get(("side", target))
+            if ft is None:
+                ft = self._target_side(target)
             if self.cfg.tolerance is not None:
                 ref = fast.refine_nhsic(fz, ft, eps=self.eps, tolerance=self.cfg.tolerance)
                 fz, ft = ref.z_factor, ref.other_factor
-                self._cache[key], self._cache[("side", target)] = fz, ft   # keep the extended factors
+                cache[key], cache[("side", target)] = fz, ft   # this layer's extended factors
             return protocol.nhsic_factor_result(fz, ft, self.eps)
         z, t = reader.rows(zidx), self._target_data(target)
         try:
@@ -305,7 +351,9 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
 
 
 def _with_threads(cfg: EstimateConfig, run: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    threads = cfg.threads if cfg.threads is not None else (None if cfg.protocol == "full" else 1)
+    threads = cfg.threads
+    if threads is None:   # 1 per worker thread; torch's own setting only for one full-sample job at a time
+        threads = None if (cfg.protocol == "full" and int(cfg.jobs) == 1) else 1
     saved = torch.get_num_threads()
     if threads is not None:
         if int(threads) < 1:
@@ -321,11 +369,14 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
               on_rows: Optional[Callable[[tuple, List[Dict[str, Any]]], None]] = None) -> pd.DataFrame:
     """All rows of a store, in (checkpoint, layer, target) order. ``finished`` maps (checkpoint,
     layer) to rows computed before (a resumed run: not recomputed); ``on_rows(key, rows)`` is called
-    after each newly estimated layer (``estimate_to_csv`` streams them to disk)."""
+    after each newly estimated layer (``estimate_to_csv`` streams them to disk). Independent
+    (checkpoint, layer) jobs run on ``cfg.jobs`` workers or a Dask cluster (``infoplane.parallel``)."""
     from tqdm.auto import tqdm
 
-    finished = dict(finished or {})
+    from infoplane import parallel
 
+    finished = dict(finished or {})
+    path = Path(path)
     with ActivationStore(path) as store:
         ckpts = store.checkpoints()
         incomplete = [c for c in store.checkpoints(include_incomplete=True) if c not in set(ckpts)]
@@ -343,12 +394,6 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
         if cfg.checkpoints is not None:
             chosen = select_names(cfg.checkpoints, ckpts + incomplete, "checkpoints", str(path))
             ckpts = [c for c in ckpts if c in chosen]
-        runner = _Runner(store, cfg)
-        if runner.n_batches < 1:
-            raise ValueError(f"the store has {store.n_samples} samples, fewer than one batch")
-        sigma_rule = cfg.sigma if isinstance(cfg.sigma, str) else f"{float(cfg.sigma):g}"
-        model = (store.model or {}).get("name", "")
-        dataset = (store.dataset or {}).get("name", "")
         jobs = []
         for c in ckpts:
             names = store.layers(c)
@@ -357,68 +402,109 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
             for i, name in enumerate(names, start=1):
                 if name in chosen:
                     jobs.append((c, name, i))
+        jobs = parallel.shard(jobs, cfg.shard)
         rows: List[Dict[str, Any]] = []
-        attrs_cache: Dict[str, Dict[str, Any]] = {}
-        baseline = cfg.baseline if cfg.baseline is not None else runner.spec.null_prepare is None and not runner.fast
-        bar = tqdm(jobs, desc=f"estimate {cfg.estimator}", unit="layer",
-                   disable=None if cfg.progress else True)
-        def base_row(c: str, a: Dict[str, Any], name: str, i: int, target: str) -> Dict[str, Any]:
-            return {"run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")), "model": model,
-                    "dataset": dataset, "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name,
-                    "layer_index": i, "estimator": cfg.estimator, "target": target, "protocol": runner.protocol,
-                    "eps": runner.eps, "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed),
-                    "store": str(path)}
-
+        todo = [j for j in jobs if (j[0], j[1]) not in finished]
+        runner = _Runner(store, cfg)              # validates the settings before any work starts
+        if runner.n_batches < 1:
+            raise ValueError(f"the store has {store.n_samples} samples, fewer than one batch")
+        ctx = None
+        if todo and not (cfg.scheduler or parallel.uses_processes(cfg)):
+            ctx = _Context(store, cfg, path, runner)  # serial or threads: one open store, shared target sides
         for c in incomplete:
             a = store.checkpoint_attrs(c)
-            rows.append({**base_row(c, a, "", 0, ""), "value": math.nan,
+            rows.append({**_base_row(path, store, cfg, c, a, "", 0, "", runner.eps), "value": math.nan,
                          "status": f"skipped: incomplete ({int(a.get('rows_done', 0))} of {store.n_samples} rows)"})
-        for c, name, i in bar:
-            if (c, name) in finished:
-                rows += finished[(c, name)]
-                continue
-            a = attrs_cache.setdefault(c, store.checkpoint_attrs(c))
-            reader = _LayerReader(store, c, name)
-            n_bad = _non_finite(reader)
-            first = len(rows)
-            if n_bad:
-                log.warning("%s: checkpoint %r, layer %r has %d non-finite activation(s) (NaN/inf); its rows are "
-                            "marked and left without a value", path, c, name, n_bad)
-                for target in ("x", "y"):
-                    rows.append({**base_row(c, a, name, i, target), "value": math.nan,
-                                 "status": f"non-finite activations ({n_bad} values)"})
+        done: Dict[tuple, List[Dict[str, Any]]] = {}
+        bar = tqdm(total=len(jobs), desc=f"estimate {cfg.estimator}", unit="layer",
+                   disable=None if cfg.progress else True)
+        bar.update(len(jobs) - len(todo))
+        try:
+            for job, job_rows in parallel.run_jobs(todo, cfg, path, ctx):
+                done[(job[0], job[1])] = job_rows
                 if on_rows is not None:
-                    on_rows((c, name), rows[first:])
-                continue
-            for target in ("x", "y"):
-                t0 = time.perf_counter()
-                try:
-                    res = runner.result(reader, target, shuffled=False)
-                except _NotApplicable:
-                    continue  # e.g. a label-only estimator and target x: no row
-                if res.null_sd == 0.0:
-                    side = ("the labels have a single class" if target == "y" and len(np.unique(store.labels())) < 2
-                            else "one side is constant in every batch (e.g. a dead layer)")
-                    log.warning("%s: checkpoint %r, layer %r, target %s: %s, so the value is %g and no chance "
-                                "level exists (z and adjusted are NaN)", path, c, name, target, side, res.value)
-                base = runner.result(reader, target, shuffled=True) if baseline else None
-                seconds = time.perf_counter() - t0
-                d = res.to_dict()
-                d.pop("estimator")
-                d.pop("protocol")
-                rows.append({
-                    "run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")), "model": model,
-                    "dataset": dataset, "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name,
-                    "layer_index": i, "estimator": cfg.estimator, "target": target, **d,
-                    "baseline": base.value if base is not None else math.nan,
-                    "baseline_std": base.std if base is not None else math.nan,
-                    "protocol": runner.protocol, "seconds": seconds, "eps": runner.eps,
-                    "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path),
-                    "status": OK})
-            if on_rows is not None:
-                on_rows((c, name), rows[first:])
+                    on_rows((job[0], job[1]), job_rows)
+                bar.update(1)
+        finally:
+            bar.close()
+        for c, name, _ in jobs:
+            rows += finished.get((c, name)) or done[(c, name)]
     extra_cols = sorted({k for r in rows for k in r} - set(COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS + extra_cols)
+
+
+def _base_row(path: Path, store: ActivationStore, cfg: EstimateConfig, c: str, a: Dict[str, Any], name: str, i: int,
+              target: str, eps: float) -> Dict[str, Any]:
+    sigma_rule = cfg.sigma if isinstance(cfg.sigma, str) else f"{float(cfg.sigma):g}"
+    protocol = "full" if cfg.full else "minibatch"
+    return {"run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")),
+            "model": (store.model or {}).get("name", ""), "dataset": (store.dataset or {}).get("name", ""),
+            "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name, "layer_index": i,
+            "estimator": cfg.estimator, "target": target, "protocol": protocol, "eps": eps,
+            "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path)}
+
+
+class _Context:
+    """What every job of one store needs: the open store (reads under a lock, so worker threads can
+    share it), the runner with its once-per-store target sides, checkpoint attributes."""
+
+    def __init__(self, store: ActivationStore, cfg: EstimateConfig, path: PathLike,
+                 runner: Optional["_Runner"] = None) -> None:
+        import threading
+
+        self.store, self.cfg, self.path = store, cfg, Path(path)
+        self.lock = threading.RLock()
+        self.runner = runner if runner is not None else _Runner(store, cfg)
+        self.runner.prepare()
+        self.baseline = (cfg.baseline if cfg.baseline is not None
+                         else self.runner.spec.null_prepare is None and not self.runner.fast)
+        self._attrs: Dict[str, Dict[str, Any]] = {}
+        self.single_class = len(np.unique(store.labels())) < 2
+
+    def attrs(self, c: str) -> Dict[str, Any]:
+        with self.lock:
+            if c not in self._attrs:
+                self._attrs[c] = self.store.checkpoint_attrs(c)
+            return self._attrs[c]
+
+    def job_rows(self, job: Tuple[str, str, int]) -> List[Dict[str, Any]]:
+        """The rows of one (checkpoint, layer, index) job: one per target (or one status row)."""
+        c, name, i = job
+        cfg, runner, path = self.cfg, self.runner, self.path
+        a = self.attrs(c)
+        with self.lock:
+            reader = _LayerReader(self.store, c, name, self.lock)
+        n_bad = _non_finite(reader)
+        out: List[Dict[str, Any]] = []
+        if n_bad:
+            log.warning("%s: checkpoint %r, layer %r has %d non-finite activation(s) (NaN/inf); its rows are "
+                        "marked and left without a value", path, c, name, n_bad)
+            return [{**_base_row(path, self.store, cfg, c, a, name, i, target, runner.eps), "value": math.nan,
+                     "status": f"non-finite activations ({n_bad} values)"} for target in ("x", "y")]
+        zcache: Dict[tuple, Any] = {}
+        for target in ("x", "y"):
+            t0 = time.perf_counter()
+            try:
+                res = runner.result(reader, target, shuffled=False, cache=zcache)
+            except _NotApplicable:
+                continue  # e.g. a label-only estimator and target x: no row
+            if res.null_sd == 0.0:
+                side = ("the labels have a single class" if target == "y" and self.single_class
+                        else "one side is constant in every batch (e.g. a dead layer)")
+                log.warning("%s: checkpoint %r, layer %r, target %s: %s, so the value is %g and no chance "
+                            "level exists (z and adjusted are NaN)", path, c, name, target, side, res.value)
+            base = runner.result(reader, target, shuffled=True, cache=zcache) if self.baseline else None
+            seconds = time.perf_counter() - t0
+            d = res.to_dict()
+            d.pop("estimator")
+            d.pop("protocol")
+            row = _base_row(path, self.store, cfg, c, a, name, i, target, runner.eps)
+            row.update(d)
+            row.update({"baseline": base.value if base is not None else math.nan,
+                        "baseline_std": base.std if base is not None else math.nan,
+                        "protocol": runner.protocol, "eps": runner.eps, "seconds": seconds, "status": OK})
+            out.append(row)
+        return out
 
 
 def select_names(patterns: Sequence[str], names: Sequence[str], what: str, where: str) -> set:
@@ -444,7 +530,8 @@ def _resume_key(path: PathLike, cfg: EstimateConfig) -> Dict[str, Any]:
     sha256 of every checkpoint) and every setting that changes a value."""
     with ActivationStore(path) as store:
         ckpts = {c: str(store.checkpoint_attrs(c).get("sha256", "")) for c in store.checkpoints()}
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "threads", "device")}
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("progress", "threads", "device", "jobs", "backend", "scheduler")}
     return json.loads(json.dumps({"store": str(Path(path).resolve()), "checkpoints": ckpts, "settings": settings},
                                  default=str))
 

@@ -198,11 +198,11 @@ def test_estimate_to_csv_streams_rows_and_resumes_after_an_interrupt(tmp_path, m
     ref = est.estimate_store(store, cfg)
     real, calls = est._Runner.result, {"n": 0}
 
-    def flaky(self, reader, target, shuffled):
+    def flaky(self, reader, target, shuffled, cache=None):
         calls["n"] += 1
         if calls["n"] == 7:   # the 4th layer: 3 layers (6 values) are finished
             raise KeyboardInterrupt
-        return real(self, reader, target, shuffled)
+        return real(self, reader, target, shuffled, cache)
 
     monkeypatch.setattr(est._Runner, "result", flaky)
     out = tmp_path / "e.csv"
@@ -211,9 +211,9 @@ def test_estimate_to_csv_streams_rows_and_resumes_after_an_interrupt(tmp_path, m
     assert not out.exists() and est.resume_path(out).exists()
     computed = []
 
-    def counting(self, reader, target, shuffled):
+    def counting(self, reader, target, shuffled, cache=None):
         computed.append(1)
-        return real(self, reader, target, shuffled)
+        return real(self, reader, target, shuffled, cache)
 
     monkeypatch.setattr(est._Runner, "result", counting)
     est.estimate_to_csv(store, out, cfg)

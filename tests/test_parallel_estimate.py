@@ -1,0 +1,121 @@
+"""Jobs of `infoplane estimate` on worker threads, worker processes, a Dask cluster and shards:
+the table is the same as the serial one, value for value."""
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from infoplane.estimate import EstimateConfig, estimate_store, estimate_to_csv
+from infoplane.parallel import parse_shard, shard
+from infoplane.store import ActivationStore
+
+N = 120
+VALUE_COLS = ["value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted", "max_value", "baseline",
+              "baseline_std"]
+KEY = ["checkpoint", "layer", "target"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    path = tmp_path_factory.mktemp("par") / "s.h5"
+    y = rng.integers(0, 3, N)
+    x = rng.normal(size=(N, 5)).astype(np.float32)
+    st = ActivationStore.create(path, index=np.arange(N), labels=y, input_shape=(5,),
+                                model={"name": "toy", "kwargs": {}}, dataset={"name": "toy", "num_classes": 3},
+                                split="test")
+    st.write_inputs(0, x)
+    st.mark_inputs_complete()
+    for epoch in range(3):
+        c = f"epoch_{epoch:04d}"
+        st.begin_checkpoint(c, attrs={"epoch": epoch, "step": epoch, "regime": {"name": "e2e"}, "metrics": {},
+                                      "sha256": str(epoch), "model": "toy", "run": "r"})
+        layers = {"a": (np.eye(3)[y] * (epoch + 1) + rng.normal(size=(N, 3))).astype(np.float32),
+                  "b": rng.normal(size=(N, 4)).astype(np.float32),
+                  "c": (x[:, :2] + 0.5 * epoch * rng.normal(size=(N, 2))).astype(np.float32)}
+        for order, (name, z) in enumerate(layers.items()):
+            st.write_layer_rows(c, name, 0, z, order=order)
+        st.set_rows_done(c, N)
+        st.finish_checkpoint(c)
+    st.close()
+    return path
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    a = a.sort_values(KEY).reset_index(drop=True)
+    b = b.sort_values(KEY).reset_index(drop=True)
+    assert list(a[KEY].itertuples(index=False)) == list(b[KEY].itertuples(index=False))
+    for col in VALUE_COLS:
+        np.testing.assert_array_equal(a[col].to_numpy(float), b[col].to_numpy(float), err_msg=col)
+
+
+@pytest.mark.parametrize("kw", [dict(protocol="minibatch", batch_size=20),
+                                dict(protocol="full"),
+                                dict(estimator="hsic", batch_size=30, baseline=True)])
+def test_worker_threads_give_the_serial_table(store, kw):
+    serial = estimate_store(store, EstimateConfig(progress=False, **kw))
+    threads = estimate_store(store, EstimateConfig(progress=False, jobs=2, backend="threads", **kw))
+    assert list(threads.index) == list(serial.index)
+    pd.testing.assert_frame_equal(threads.drop(columns="seconds"), serial.drop(columns="seconds"))
+
+
+def test_worker_processes_give_the_serial_table(store):
+    cfg = dict(batch_size=20, baseline=True, progress=False)
+    serial = estimate_store(store, EstimateConfig(**cfg))
+    procs = estimate_store(store, EstimateConfig(jobs=2, backend="processes", **cfg))
+    assert list(procs[KEY].itertuples(index=False)) == list(serial[KEY].itertuples(index=False))  # store order
+    _same(procs, serial)
+
+
+def test_dask_cluster_gives_the_serial_table(store):
+    distributed = pytest.importorskip("distributed")
+    cfg = dict(batch_size=20, progress=False)
+    serial = estimate_store(store, EstimateConfig(**cfg))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  worker_dashboard_address=None) as cluster:
+        got = estimate_store(store, EstimateConfig(scheduler=cluster.scheduler_address, **cfg))
+    _same(got, serial)
+
+
+def test_no_scheduler_at_the_address_is_a_clear_error(store, monkeypatch):
+    pytest.importorskip("distributed")
+    import infoplane.parallel
+
+    monkeypatch.setattr(infoplane.parallel, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(ValueError, match="--scheduler"):
+        estimate_store(store, EstimateConfig(batch_size=20, progress=False, scheduler="tcp://127.0.0.1:9"))
+
+
+def test_shards_partition_the_jobs_and_concatenate_to_the_whole(store, tmp_path):
+    whole = estimate_store(store, EstimateConfig(batch_size=20, progress=False))
+    parts = [estimate_to_csv(store, tmp_path / f"part{i}.csv", EstimateConfig(batch_size=20, progress=False,
+                                                                              shard=f"{i}/4"))
+             for i in range(4)]
+    tables = [pd.read_csv(p) for p in parts]
+    assert sum(len(t) for t in tables) == len(whole)
+    _same(pd.concat(tables), whole)
+
+
+def test_shard_spec():
+    assert parse_shard("1/3") == (1, 3)
+    assert shard(list(range(7)), "1/3") == [1, 4]
+    assert shard([1, 2], None) == [1, 2]
+    for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+    with pytest.raises(ValueError, match="jobs"):
+        EstimateConfig(jobs=0).validate()
+    with pytest.raises(ValueError, match="backend"):
+        EstimateConfig(backend="gpu").validate()
+
+
+def test_cli_jobs_and_shard(store, tmp_path):
+    base = [sys.executable, "-m", "infoplane", "estimate", str(store), "--batch-size", "20", "--no-progress"]
+    one = subprocess.run(base + ["--out", str(tmp_path / "one.csv")], capture_output=True, text=True)
+    two = subprocess.run(base + ["--jobs", "2", "--out", str(tmp_path / "two.csv")], capture_output=True, text=True)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    _same(pd.read_csv(tmp_path / "two.csv"), pd.read_csv(tmp_path / "one.csv"))
+    bad = subprocess.run(base + ["--shard", "4/4"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--shard" in bad.stderr and "Traceback" not in bad.stderr
