@@ -279,6 +279,11 @@ class _Runner:
                 side = batched.prepare_minibatch_side(
                     self._target_data(target), kernel=kern, batch_size=self.m, eps=self.eps, sigma=self.cfg.sigma,
                     squared=self.cfg.squared, device=self.device, num_classes=self.num_classes)
+            elif kern == "rbf" and self.cfg.tolerance is None:    # exact: the resolvent, no eigenvectors
+                from infoplane.estimators import exact
+
+                side = exact.prepare_resolvent(self._target_data(target), sigma=self.cfg.sigma, eps=self.eps,
+                                               squared=self.cfg.squared, device=self.device)
             else:
                 side = fast.factorize(self._target_data(target), kernel=kern, sigma=self.cfg.sigma,
                                       squared=self.cfg.squared, device=self.device, num_classes=self.num_classes,
@@ -309,11 +314,18 @@ class _Runner:
                     cache[key] = batched.prepare_minibatch_side(
                         z, kernel="rbf", batch_size=self.m, eps=self.eps, sigma=self.cfg.sigma,
                         squared=self.cfg.squared, device=self.device)
+                elif self.cfg.tolerance is None:
+                    from infoplane.estimators import exact
+
+                    cache[key] = exact.prepare_resolvent(z, sigma=self.cfg.sigma, eps=self.eps,
+                                                         squared=self.cfg.squared, device=self.device)
                 else:
                     cache[key] = fast.factorize(z, kernel="rbf", sigma=self.cfg.sigma, squared=self.cfg.squared,
                                                 tolerance=self.cfg.tolerance, device=self.device)
             if self.protocol == "minibatch":
                 return protocol.nhsic_minibatch_result(cache[key], self._target_side(target))
+            if self.cfg.tolerance is None:
+                return protocol.nhsic_resolvent_result(cache[key], self._target_side(target))
             fz, ft = cache[key], cache.get(("side", target))
             if ft is None:
                 ft = self._target_side(target)

@@ -11,7 +11,8 @@ Protocols:
   given order, into ``B = N // batch_size`` batches of exactly ``batch_size`` (the remainder is
   left out and logged); the value is the mean of the per-batch values, ``std`` their sd.
 * ``"full"``: all N samples at once. For nHSIC with ``tolerance=t`` a low-rank factorisation with a
-  rigorous error bound ``<= t * value`` (``infoplane.estimators.fast``); exact otherwise.
+  rigorous error bound ``<= t * value`` (``infoplane.estimators.fast``); exact otherwise, from the
+  resolvents of the RBF sides by Cholesky (``infoplane.estimators.exact``).
 
 Chance level (``infoplane.estimators.chance``): for nHSIC and biased HSIC the exact permutation
 null mean and sd of the reported value, ``z``, a gamma-approximation p-value, and ``adjusted =
@@ -243,6 +244,16 @@ def assess(x: Any, y: Any, estimator: Union[str, EstimatorSpec] = "nhsic", *, pr
             return nhsic_minibatch_result(a, c)
         from infoplane.estimators import fast
 
+        if tolerance is None and kx == "rbf":      # exact: resolvents by Cholesky (infoplane.estimators.exact)
+            from infoplane.estimators import exact
+
+            za = exact.prepare_resolvent(x, sigma=sx, squared=squared, eps=eps, device=dev, dtype=dtype)
+            if ky == "rbf":
+                zb: Any = exact.prepare_resolvent(y, sigma=sy, squared=squared, eps=eps, device=dev, dtype=dtype)
+            else:
+                zb = fast.factorize(y, kernel=ky, sigma=sy, squared=squared, device=dev, dtype=dtype,
+                                    num_classes=num_classes)
+            return nhsic_resolvent_result(za, zb)
         fa = fast.factorize(x, kernel=kx, sigma=sx, squared=squared, tolerance=tolerance, device=dev,
                             dtype=dtype, num_classes=num_classes)
         fb = fast.factorize(y, kernel=ky, sigma=sy, squared=squared, tolerance=tolerance, device=dev,
@@ -301,6 +312,22 @@ def nhsic_factor_result(fa: Any, fb: Any, eps: float, *, estimator: str = "nhsic
     res.rank_z, res.rank_target = fa.rank, fb.rank
     wa, wb = fa.weights(eps), fb.weights(eps).to(fa.U.device)
     _attach(res, chance_level(np.asarray([value]), summarize_factor(fa.U, wa), summarize_factor(fb.U.to(fa.U.device), wb)))
+    return res
+
+
+def nhsic_resolvent_result(z: Any, other: Any, *, estimator: str = "nhsic") -> DependenceResult:
+    """Exact full-sample result from the Z resolvent (``exact.ResolventSide``) and the target side
+    (another resolvent, or an exact ``fast.CenteredFactor`` such as the labels'): value, error bound 0,
+    ranks, and the chance level from the same matrices."""
+    from infoplane.estimators.exact import ResolventSide, resolvent_summary, resolvent_value
+
+    value = resolvent_value(z, other)
+    res = _result(estimator, np.asarray([value]), z.m, z.m, "full")
+    res.error_bound = 0.0
+    res.rank_z = z.rank
+    res.rank_target = other.rank
+    st = resolvent_summary(other if isinstance(other, ResolventSide) else (other.to(z.R.device), z.eps))
+    _attach(res, chance_level(np.asarray([value]), resolvent_summary(z), st))
     return res
 
 
