@@ -1,121 +1,92 @@
-"""Speed and accuracy of nHSIC at evaluation-set scale.
+"""Speed of the whole measurement, in one run on the same real data: published vs ours.
 
-In one run, on the same data, for m in {1k, 2k, 5k, 10k, 20k}:
-- ``published-minibatch-f32``: (1) the published computation as published
-  (``benchmarks/published_nhsic.py``: E2E-info ``NormalizedHSIC``, broadcast **non-squared**
-  distance in the exponent, ``K H`` centring, explicit ``torch.inverse``, float32, a Python loop over
-  batches of b = 100 and two independent calls per batch for nHSIC(X;Z) and nHSIC(Y;Z));
-- ``published-wellwritten-minibatch-f32``: (2) the same formula written well (``cdist``, same
-  precision and inverses, still one call per batch per target);
-- ``ours-minibatch``: the same protocol and formula (non-squared distance) vectorised
-  (``nhsic_minibatches_many``, float64), timed for one layer from scratch and per additional
-  layer/checkpoint with the X and Y sides cached;
-The full-sample rows below use the standard (squared-distance) RBF kernel, not the published formula.
+Sections (``--sections``, default all):
 
-- ``reference``: full-sample exact float64 by Cholesky (``I - eps m (K~ + eps m I)^-1``), the
-  yardstick for relative errors;
-- ``ours-exact``: ``factorize(tolerance=None)`` (eigh) + ``nhsic_factored``;
-- ``ours-lowrank``: pivoted-Cholesky factors refined until the rigorous error bound is at most ``--tolerance`` times the value, + label factor.
+``jobs``  Job level on a real store (Fashion-MNIST LeNet5, 21 checkpoints x 5 layers x 2,000 test
+    samples; minibatch protocol m = 100, eps = 1e-5, sigma = 5 sqrt(d), the published non-squared
+    distance, targets X and Y, no shuffled baseline): (1) the published computation as published
+    and (2) the same formula written well (``benchmarks/published_nhsic.py``), the floor (every
+    batch's Z-side Gram in float32, which any method must form), ours in-process
+    (``estimate_store``, 1 and 2 jobs) and whole processes (``infoplane estimate``). Values of
+    ours (float64) against (1) and (2). Per-layer marginal cost: ours = (time for all checkpoints -
+    time for one) / the extra layers (the X and Y sides are prepared once per store); (1) and (2)
+    recompute everything per layer.
+``full``  Full sample on real layers (the last checkpoint's conv2, 400 dims, and the inputs X, 784
+    dims, of up to 20,000 Fashion-MNIST training images): exact float64 by Cholesky resolvents
+    (``infoplane.estimators.exact``; the X side once, then per layer), the eigenvector route
+    (``fast.factorize``, eigh) up to ``--eigh-max``, and the low-rank path at ``--tolerance`` with
+    its relative error against exact and the fitted time exponent. Flop floor of a layer: its Gram
+    (2 m^2 d) plus one Cholesky (m^3 / 3) at the GEMM rate measured in the same run.
+``extraction``  ``benchmarks/extraction_speed.py`` (extract vs a bare forward pass, LeNet5 on
+    Fashion-MNIST and ResNet18 at width 16).
 
-Data: Gaussian clusters (c = 10) in a ``--latent``-dim space pushed through random smooth features
-to d = 784 (X) and a random tanh layer to d = 400 (Z) (a LeNet5-like layer width); labels Y.
-Peak memory is the process's peak RSS above its level before the call (sampled every 2 ms).
+The data are made on first use under ``--work`` (train LeNet5 20 epochs on 10,000 images,
+``infoplane extract``) and reused. Results: ``results/speed.md`` and ``results/speed.csv``.
 
-    python benchmarks/speed.py                # full run (< 10 min on 2 CPU cores)
-    python benchmarks/speed.py --quick        # seconds; smoke mode used by tests
-    python benchmarks/speed.py --device cuda  # the same on a GPU
+    python benchmarks/speed.py                       # everything (~40 min on 2 CPU cores)
+    python benchmarks/speed.py --sections jobs       # one section
+    python benchmarks/speed.py --quick --out-dir D   # smoke run on digits (tests)
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from infoplane.estimators.batched import nhsic_minibatches_many, prepare_minibatch_side
-from infoplane.estimators.fast import factorize, nhsic_factored, refine_nhsic
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import job_speed as J  # noqa: E402
+
+EPS = 1e-5
+SECTIONS = ("jobs", "full", "extraction")
 
 
 # --------------------------------------------------------------------------- data
-def make_data(m: int, *, d: int = 784, dz: int = 400, c: int = 10, latent: int = 4, zscale: float = 1.0,
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """X (m, d), Z (m, dz) float32 and labels (m,) with low intrinsic dimension (see module doc)."""
-    g = np.random.default_rng(seed)
-    y = g.integers(0, c, size=m)
-    mu = 1.5 * g.normal(size=(c, latent))
-    u = mu[y] + g.normal(size=(m, latent))
-    x = np.tanh(u @ g.normal(size=(latent, d)) / np.sqrt(latent))
-    z = np.tanh(x @ (zscale * g.normal(size=(d, dz)) / np.sqrt(d)))
-    return x.astype(np.float32), z.astype(np.float32), y.astype(np.int64)
+def _run(cmd: List[str]) -> None:
+    print("  $ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-# --------------------------------------------------------------------------- published algorithm
-# The published computation lives in benchmarks/published_nhsic.py: (1) "as published"
-# (E2E-info NormalizedHSIC: broadcast non-squared distance, K H, explicit inverses, float32, one call
-# per batch per target) and (2) the same formula "written well" (cdist). An earlier version of this
-# file timed a squared-distance re-implementation under the name "published": a different number.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import published_nhsic as _pub  # noqa: E402
-
-#: the published code's distance in the RBF exponent; the minibatch rows of ours use it too
-PUBLISHED_SQUARED = False
-
-
-def published_minibatch(x: np.ndarray, z: np.ndarray, y: np.ndarray, *, b: int = 100, eps: float = 1e-5,
-                        dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        form: str = "as_published") -> tuple[np.ndarray, np.ndarray]:
-    """Per-batch (nHSIC(X;Z), nHSIC(Y;Z)) by the published computation: ``form`` "as_published" = (1),
-    "written_well" = (2) (see ``benchmarks/published_nhsic.py``); float32 is the published setting."""
-    fn = _pub.minibatch_as_published if form == "as_published" else _pub.minibatch_written_well
-    return fn(x, z, y, num_classes=int(np.max(y)) + 1, batch_size=b, eps=eps, dtype=dtype, device=device)
-
-
-# --------------------------------------------------------------------------- full-sample reference
-def reference_full(x: np.ndarray, z: np.ndarray, y: np.ndarray, *, eps: float = 1e-5,
-                   device: str = "cpu") -> tuple[float, float]:
-    """Exact float64 full-sample nHSIC(X;Z), nHSIC(Y;Z) by Cholesky solves (no eigh, no inverse of KH)."""
-    from infoplane import kernels as K
-
-    m = len(x)
-    shift = eps * m
-    eye = torch.eye(m, dtype=torch.float64, device=device)
-
-    def resolvent(G: torch.Tensor) -> torch.Tensor:
-        Gc = K.center(G)
-        del G
-        C = torch.linalg.cholesky(0.5 * (Gc + Gc.T) + shift * eye)
-        del Gc
-        A = torch.cholesky_inverse(C)
-        del C
-        A.mul_(-shift).add_(eye)
-        return A
-
-    Az = resolvent(K.rbf_gram(z, "paper", device=device))
-    Ax = resolvent(K.rbf_gram(x, "paper", device=device))
-    vx = float((Az * Ax).sum())
-    del Ax
-    Y = K.one_hot(y, device=device)
-    Yc = Y - Y.mean(0, keepdim=True)
-    S = Yc.T @ (Az @ Yc)
-    vy = float(torch.trace(torch.linalg.solve(Yc.T @ Yc + shift * torch.eye(Y.shape[1], dtype=torch.float64,
-                                                                             device=device), S)))
-    return vx, vy
+def ensure_data(work: Path, quick: bool, full_max: int) -> Dict[str, Path]:
+    """Train the run and extract the two stores once (skipped when present)."""
+    work.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    run = work / "run"
+    if quick:
+        train = ["--model", "lenet5", "--dataset", "digits", "--epochs", "3"]
+    else:
+        train = ["--model", "lenet5", "--dataset", "fashion-mnist", "--subset", "10000", "--epochs", "20"]
+    if not (run / "metrics.csv").exists() or not sorted(run.glob("epoch_*.pt")):
+        _run([py, "-m", "trainers", *train, "--out", str(run), "--overwrite", "--no-progress"])
+    ckpts = sorted(run.glob("epoch_*.pt"))
+    jobs = work / "jobs.h5"
+    if not jobs.exists():
+        _run([py, "-m", "infoplane", "extract", *map(str, ckpts), "--layers", "all", "--samples",
+              "200" if quick else "2000", "--out", str(jobs), "--no-progress"])
+    full = work / f"full{full_max}.h5"
+    if not full.exists():
+        _run([py, "-m", "infoplane", "extract", str(ckpts[-1]), "--layers", "conv2", "--split", "train",
+              "--samples", str(full_max), "--out", str(full), "--no-progress"])
+    return {"jobs": jobs, "full": full}
 
 
-# --------------------------------------------------------------------------- measurement
+# --------------------------------------------------------------------------- measurement helpers
 class PeakRSS:
-    """Peak resident memory above the level at entry (MB), sampled by a thread (CPU), or CUDA peak."""
+    """Peak resident memory above the level at entry (MB), sampled every 2 ms by a thread."""
 
-    def __init__(self, device: str) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self.peak_mb = 0.0
 
     @staticmethod
@@ -125,13 +96,7 @@ class PeakRSS:
 
     def __enter__(self) -> "PeakRSS":
         gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-            return self
-        self._base = self._rss()
-        self._peak = self._base
+        self._base = self._peak = self._rss()
         self._stop = threading.Event()
 
         def run() -> None:
@@ -144,312 +109,331 @@ class PeakRSS:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            self.peak_mb = (torch.cuda.max_memory_allocated() - self._base) / 2 ** 20
-            return
         self._stop.set()
         self._t.join()
-        self._peak = max(self._peak, self._rss())
-        self.peak_mb = (self._peak - self._base) / 2 ** 20
+        self.peak_mb = (max(self._peak, self._rss()) - self._base) / 2 ** 20
 
 
-def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float, float]:
-    with PeakRSS(device) as mem:
-        t0 = time.perf_counter()
-        out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        sec = time.perf_counter() - t0
-    return out, sec, mem.peak_mb
-
-
-def fit_exponent(ms: list[float], ts: list[float]) -> float:
-    if len(ms) < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(ms), np.log(ts), 1)[0])
-
-
-# --------------------------------------------------------------------------- extraction throughput
-def measure_extraction(model_name: str = "lenet5", dataset: str = "digits", batch_size: int = 256,
-                       repeats: int = 3) -> dict:
-    """Hooked forward + HDF5 write (``infoplane.extract.extract``, all layers) vs a bare forward pass
-    over the same evaluation split (eval, no_grad, same batch size); best of ``repeats``."""
-    import tempfile
-
-    from torch.utils.data import DataLoader
-
-    from infoplane.checkpoint import save_checkpoint
-    from infoplane.data import dataset_info, load_dataset
-    from infoplane.extract import extract
-    from infoplane.models import build_model
-
-    info = dataset_info(dataset)
-    kwargs = {"input_shape": tuple(info.input_shape), "num_classes": info.num_classes}
-    model = build_model(model_name, **kwargs).eval()
-    ds = load_dataset(dataset, split="test")
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-
-    def bare() -> None:
-        with torch.no_grad():
-            for xb, _ in loader:
-                model(xb)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ck = save_checkpoint(Path(tmp) / "ck.pt", model, model_name=model_name, model_kwargs=kwargs, epoch=0,
-                             step=0, regime={"name": "e2e"},
-                             dataset={"name": dataset, "num_classes": info.num_classes,
-                                      "input_shape": list(info.input_shape)}, seed=0)
-        t_bare, t_ext, t_skip = [], [], []
-        for i in range(repeats):
+def timed(fn: Callable[[], Any], repeats: int = 1) -> Tuple[Any, float, float]:
+    """(result, best wall seconds of ``repeats``, peak RSS growth MB of the first call)."""
+    best, out, mem = math.inf, None, math.nan
+    for i in range(repeats):
+        with PeakRSS() as pr:
             t0 = time.perf_counter()
-            bare()
-            t_bare.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            extract([ck], layers="all", out=Path(tmp) / f"acts{i}.h5", split="test", batch_size=batch_size,
-                    progress=False)
-            t_ext.append(time.perf_counter() - t0)
-            # same call again: the checkpoint is already complete and is skipped -> fixed overhead only
-            t0 = time.perf_counter()
-            extract([ck], layers="all", out=Path(tmp) / f"acts{i}.h5", split="test", batch_size=batch_size,
-                    progress=False)
-            t_skip.append(time.perf_counter() - t0)
-    marginal = max(min(t_ext) - min(t_skip), 0.0)
-    return {"fixed_overhead_s": min(t_skip), "streaming_s": marginal, "streaming_ratio": marginal / min(t_bare),
-            "model": model_name, "dataset": dataset, "n_samples": len(ds), "bare_forward_s": min(t_bare),
-            "extract_s": min(t_ext), "ratio": min(t_ext) / min(t_bare)}
+            out = fn()
+            dt = time.perf_counter() - t0
+        if i == 0:
+            mem = pr.peak_mb
+        best = min(best, dt)
+    return out, best, mem
 
 
-# --------------------------------------------------------------------------- per-layer cost vs width
-def measure_layer_widths(m: int = 10000, widths: tuple = (10, 84, 120, 400, 1600), b: int = 100,
-                         eps: float = 1e-5, device: str = "cpu", d: int = 784, latent: int = 4) -> list[dict]:
-    """Minibatch protocol, cost of one more (layer, checkpoint) at several layer widths: the published
-    loop recomputes K_X every time; ours reuses the prepared X and Y sides (once per store)."""
-    rows = []
-    x, _, y = make_data(m, d=d, dz=8, latent=latent)
-    sx = prepare_minibatch_side(x, kernel="rbf", batch_size=b, eps=eps, device=device, squared=PUBLISHED_SQUARED)
-    sy = prepare_minibatch_side(y, kernel="label", batch_size=b, eps=eps, device=device)
-    g = np.random.default_rng(1)
-    for w in widths:
-        z = np.tanh(x @ (g.normal(size=(x.shape[1], w)) / np.sqrt(x.shape[1]))).astype(np.float32)
-        (pvx, pvy), t_pub, _ = timed(lambda: published_minibatch(x, z, y, b=b, eps=eps, device=device), device)
-        (ovx, ovy), t_ours, _ = timed(lambda: nhsic_minibatches_many(z, [sx, sy], device=device,
-                                                                     squared=PUBLISHED_SQUARED), device)
-        rows.append(dict(m=m, method="per-layer-minibatch", dz=w, published_f32_s=t_pub, ours_f64_cached_x_s=t_ours,
-                         speedup=t_pub / t_ours, max_rel_diff_vs_published_f32=float(
-                             max(np.abs(ovx / pvx - 1).max(), np.abs(ovy / pvy - 1).max()))))
-        print("  ", rows[-1], flush=True)
+def fit_exponent(ms: List[float], ts: List[float]) -> float:
+    ms, ts = np.asarray(ms, float), np.asarray(ts, float)
+    ok = (ms > 0) & (ts > 0) & np.isfinite(ts)
+    if ok.sum() < 2:
+        return math.nan
+    return float(np.polyfit(np.log(ms[ok]), np.log(ts[ok]), 1)[0])
+
+
+def gemm_rate(n: int = 2048, repeats: int = 3) -> float:
+    """float64 GEMM flops per second at the current thread count (n x n times n x n)."""
+    a = torch.randn(n, n, dtype=torch.float64)
+    b = torch.randn(n, n, dtype=torch.float64)
+    a @ b
+    _, t, _ = timed(lambda: a @ b, repeats)
+    return 2.0 * n ** 3 / t
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+# --------------------------------------------------------------------------- sections
+def _describe(store: Path) -> str:
+    from infoplane.store import ActivationStore
+
+    with ActivationStore(store) as s:
+        return f"{(s.dataset or {}).get('name', '?')} {(s.model or {}).get('name', '?')}"
+
+
+def section_jobs(store: Path, repeats: int, whole: bool) -> List[Dict[str, Any]]:
+    """Job-level rows (see the module docstring)."""
+    from infoplane.estimate import EstimateConfig, estimate_store
+
+    rows: List[Dict[str, Any]] = []
+    threads = torch.get_num_threads()
+    (x, y, zs, nc), t_read, _ = timed(lambda: J.load_store(str(store)))
+    n_ck, n_ly = len({c for c, _ in zs}), len(zs)
+    first = sorted({c for c, _ in zs})[0]
+    print(f"jobs: {store} {n_ck} checkpoints, {n_ly} layer jobs, {len(x)} samples; threads {threads}", flush=True)
+    few = dict(list(zs.items())[:1])
+    J.run_baseline("written_well", x[:200], y[:200], {k: v[:200] for k, v in few.items()}, nc)   # warm-up
+
+    def ours(jobs: int, checkpoints: Optional[List[str]] = None):
+        cfg = EstimateConfig(distance="euclidean", baseline=False, progress=False, jobs=jobs, threads=1,
+                             checkpoints=checkpoints)
+        return estimate_store(store, cfg)
+
+    ours(1, [first])                                                                           # warm-up
+    t: Dict[str, float] = {}
+    pub, t["(1) published, in-process"], _ = timed(lambda: J.run_baseline("published", x, y, zs, nc))
+    well, t["(2) written well, in-process"], _ = timed(lambda: J.run_baseline("written_well", x, y, zs, nc), repeats)
+    _, t["floor: Z Grams f32, 2 threads"], _ = timed(lambda: J.run_floor(zs), repeats)
+    torch.set_num_threads(1)
+    try:
+        _, t["floor: Z Grams f32, 1 thread"], _ = timed(lambda: J.run_floor(zs), repeats)
+        _, t["(2) written well, in-process, 1 thread"], _ = timed(
+            lambda: J.run_baseline("written_well", x, y, zs, nc), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    df, t["ours in-process, 1 job"], _ = timed(lambda: ours(1), repeats)
+    df2, t["ours in-process, --jobs 2"], _ = timed(lambda: ours(2), repeats)
+    _, t_one, _ = timed(lambda: ours(1, [first]), repeats)
+    print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()), flush=True)
+    if whole:
+        csv = str(store.with_suffix(".speed.csv"))
+        for jobs in (1, 2):
+            for suffix in ("", ".partial.jsonl"):
+                if os.path.exists(csv + suffix):
+                    os.remove(csv + suffix)
+            t[f"ours `infoplane estimate --jobs {jobs}`, whole process"] = J.whole_process(
+                [sys.executable, "-m", "infoplane", "estimate", str(store), "--distance", "euclidean",
+                 "--no-baseline", "--no-progress", "--jobs", str(jobs), "--out", csv])
+        t["(1) published, whole process"] = J.whole_process(
+            [sys.executable, str(HERE / "job_speed.py"), str(store), "--worker", "published"])
+        t["(2) written well, whole process"] = J.whole_process(
+            [sys.executable, str(HERE / "job_speed.py"), str(store), "--worker", "written_well"])
+    ok = df[df["status"] == "ok"]
+    rel1 = [abs(r.value / pub[(r.checkpoint, r.layer)][0 if r.target == "x" else 1] - 1) for r in ok.itertuples()]
+    rel2 = [abs(r.value / well[(r.checkpoint, r.layer)][0 if r.target == "x" else 1] - 1) for r in ok.itertuples()]
+    same = bool(np.array_equal(df["value"].to_numpy(), df2["value"].to_numpy()))
+    t1, t2 = t["(1) published, in-process"], t["(2) written well, in-process"]
+    tf = t["floor: Z Grams f32, 2 threads"]
+    w1, w2 = t.get("(1) published, whole process"), t.get("(2) written well, whole process")
+    for k, v in t.items():
+        whole_row = "whole process" in k
+        rows.append(dict(section="jobs", what=k, seconds=v,
+                         vs_published=(w1 / v if whole_row else t1 / v) if (w1 or not whole_row) else math.nan,
+                         vs_written_well=(w2 / v if whole_row else t2 / v) if (w2 or not whole_row) else math.nan,
+                         floors=v / tf))
+    per_layer_ours = (t["ours in-process, 1 job"] - t_one) / max(1, n_ly - n_ly // n_ck)
+    rows.append(dict(section="jobs", what="per extra layer: ours (X, Y sides cached), 1 job",
+                     seconds=per_layer_ours, vs_published=t1 / n_ly / per_layer_ours,
+                     vs_written_well=t2 / n_ly / per_layer_ours, floors=per_layer_ours / (tf / n_ly)))
+    rows.append(dict(section="jobs", what="per layer: (1) published", seconds=t1 / n_ly, vs_published=1.0,
+                     vs_written_well=t2 / t1, floors=t1 / tf))
+    rows.append(dict(section="jobs", what="per layer: (2) written well", seconds=t2 / n_ly, vs_published=t1 / t2,
+                     vs_written_well=1.0, floors=t2 / tf))
+    rows.append(dict(section="jobs", what="read (store -> memory)", seconds=t_read, vs_published=t1 / t_read,
+                     vs_written_well=t2 / t_read, floors=t_read / tf))
+    for r in rows:
+        r.update(store=str(store), data=_describe(store), n_checkpoints=n_ck, n_layer_jobs=n_ly, n_samples=len(x),
+                 max_rel_diff_vs_published=max(rel1), max_rel_diff_vs_written_well=max(rel2),
+                 jobs2_identical=same)
     return rows
 
 
-# --------------------------------------------------------------------------- main
-def run(args: argparse.Namespace) -> list[dict]:
-    dev = args.device
-    rows: list[dict] = []
-    # warm-up (library loading, CUDA context, kernels) so the first size is not charged for it
-    xw, zw, yw = make_data(300, d=args.d, dz=args.dz, latent=args.latent, seed=args.seed + 1)
-    published_minibatch(xw, zw, yw, b=min(args.batch_size, 100), device=dev)
-    nhsic_minibatches_many(zw, [prepare_minibatch_side(yw, kernel="label", batch_size=min(args.batch_size, 100),
-                                                       device=dev)], device=dev)
-    reference_full(xw, zw, yw, device=dev)
-    nhsic_factored(factorize(xw, tolerance=args.tolerance, device=dev), factorize(zw, device=dev))
+def section_full(store: Path, sizes: List[int], tolerance: float, eigh_max: int, exact_max: int
+                 ) -> List[Dict[str, Any]]:
+    """Full-sample rows (see the module docstring)."""
+    from infoplane.estimators import exact, fast, protocol
+    from infoplane.store import ActivationStore
 
-    def add(**kw: Any) -> None:
-        rows.append(kw)
-        keys = ("m", "method", "seconds", "peak_mem_mb", "value_xz", "value_yz", "rel_err_xz", "rel_err_yz")
-        print("  " + "  ".join(f"{k}={kw.get(k)!s:.12}" for k in keys if k in kw), flush=True)
+    with ActivationStore(store) as s:
+        ck = s.checkpoints()[-1]
+        X_all = s.inputs().reshape(s.n_samples, -1)
+        Y_all = np.asarray(s.labels())
+        Z_all = s.read(ck, "conv2").reshape(s.n_samples, -1)
+    rate = gemm_rate()
+    print(f"full: {store} conv2 {Z_all.shape}, X {X_all.shape}; float64 GEMM {rate / 1e9:.1f} GFLOP/s at "
+          f"{torch.get_num_threads()} threads", flush=True)
+    rows: List[Dict[str, Any]] = []
+    dz = Z_all.shape[1]
+    w = min(200, len(X_all))                                   # warm-up: kernels, allocator
+    protocol.nhsic_resolvent_result(exact.prepare_resolvent(Z_all[:w]), exact.prepare_resolvent(X_all[:w]))
+    fast.refine_nhsic(fast.factorize(Z_all[:w], tolerance=tolerance), fast.factorize(X_all[:w], tolerance=tolerance),
+                      eps=EPS, tolerance=tolerance)
+    for m in sizes:
+        if m > len(X_all):
+            print(f"  m = {m}: the store has {len(X_all)} samples; skipped", flush=True)
+            continue
+        x, y, z = X_all[:m], Y_all[:m], Z_all[:m]
+        fy = fast.factorize(y, kernel="label")
+        floor_s = (2.0 * m * m * dz + m ** 3 / 3.0) / rate
+        base = dict(section="full", m=m, layer="conv2", d_z=dz, d_x=X_all.shape[1], gflops_s=rate / 1e9,
+                    floor_seconds=floor_s)
+        ref = None
+        if m <= exact_max:
+            rx, t_x, mem_x = timed(lambda: exact.prepare_resolvent(x, eps=EPS))
 
-    for m in args.sizes:
-        print(f"m = {m}", flush=True)
-        x, z, y = make_data(m, d=args.d, dz=args.dz, latent=args.latent, seed=args.seed)
-        b, eps = args.batch_size, args.eps
-        nb = m // b
-        # published algorithm at its own protocol (float32 loop, explicit inverses)
-        if m <= args.published_max:
-            (pvx, pvy), t_pub, mem_pub = timed(lambda: published_minibatch(x, z, y, b=b, eps=eps, device=dev), dev)
-            add(m=m, method="published-minibatch-f32", protocol=f"minibatch b={b}", seconds=t_pub,
-                peak_mem_mb=mem_pub, value_xz=float(pvx.mean()), value_yz=float(pvy.mean()), n_batches=nb)
-            (wvx, wvy), t_well, mem_well = timed(
-                lambda: published_minibatch(x, z, y, b=b, eps=eps, device=dev, form="written_well"), dev)
-            add(m=m, method="published-wellwritten-minibatch-f32", protocol=f"minibatch b={b}", seconds=t_well,
-                peak_mem_mb=mem_well, value_xz=float(wvx.mean()), value_yz=float(wvy.mean()), n_batches=nb)
-        else:
-            t_pub = t_well = float("nan")
-        # ours: the same protocol vectorised, float64
-        def ours_mb() -> tuple[np.ndarray, np.ndarray]:
-            sx = prepare_minibatch_side(x, kernel="rbf", batch_size=b, eps=eps, device=dev,
-                                        squared=PUBLISHED_SQUARED)
-            sy = prepare_minibatch_side(y, kernel="label", batch_size=b, eps=eps, device=dev)
-            return tuple(nhsic_minibatches_many(z, [sx, sy], device=dev, squared=PUBLISHED_SQUARED))
+            def layer() -> Tuple[Any, Any]:
+                rz = exact.prepare_resolvent(z, eps=EPS)
+                return protocol.nhsic_resolvent_result(rz, rx), protocol.nhsic_resolvent_result(rz, fy)
 
-        (ovx, ovy), t_mb, mem_mb = timed(ours_mb, dev)
-        sx = prepare_minibatch_side(x, kernel="rbf", batch_size=b, eps=eps, device=dev, squared=PUBLISHED_SQUARED)
-        sy = prepare_minibatch_side(y, kernel="label", batch_size=b, eps=eps, device=dev)
-        _, t_layer, mem_layer = timed(lambda: nhsic_minibatches_many(z, [sx, sy], device=dev,
-                                                                     squared=PUBLISHED_SQUARED), dev)
-        row = dict(m=m, method="ours-minibatch-f64", protocol=f"minibatch b={b}", seconds=t_mb,
-                   peak_mem_mb=mem_mb, value_xz=float(ovx.mean()), value_yz=float(ovy.mean()), n_batches=nb,
-                   seconds_per_extra_layer=t_layer, speedup_vs_published=t_pub / t_mb,
-                   speedup_vs_published_written_well=t_well / t_mb,
-                   speedup_per_layer_cached_x=t_pub / t_layer)
-        if m <= args.published_max:
-            row["max_rel_diff_vs_published_f32"] = float(max(np.max(np.abs(ovx / pvx - 1)), np.max(np.abs(ovy / pvy - 1))))
-            if m <= args.published_f64_max:
-                qvx, qvy = published_minibatch(x, z, y, b=b, eps=eps, dtype=torch.float64, device=dev)
-                row["max_rel_diff_vs_published_f64"] = float(max(np.max(np.abs(ovx / qvx - 1)),
-                                                                 np.max(np.abs(ovy / qvy - 1))))
-        add(**row)
-        # full-sample reference (exact, float64, Cholesky)
-        ref: Optional[tuple[float, float]] = None
-        if m <= args.reference_max:
-            ref, t_ref, mem_ref = timed(lambda: reference_full(x, z, y, eps=eps, device=dev), dev)
-            add(m=m, method="reference-full-cholesky-f64", protocol="full", seconds=t_ref, peak_mem_mb=mem_ref,
-                value_xz=ref[0], value_yz=ref[1])
+            (ex, ey), t_l, mem_l = timed(layer)
+            ref = (ex.value, ey.value)
+            flops = 2.0 * m * m * dz + (4.0 / 3 + 1.0 / 3 + 2.0 / 3) * m ** 3
+            rows.append({**base, "method": "exact (Cholesky resolvents)", "seconds_x_side": t_x,
+                         "seconds_per_layer": t_l, "peak_mem_mb": max(mem_x, mem_l), "value_xz": ex.value,
+                         "value_yz": ey.value, "rel_err_xz": 0.0, "rel_err_yz": 0.0, "error_bound_xz": 0.0,
+                         "floors": t_l / floor_s, "flops_per_layer": flops, "rank_z": ex.rank_z})
+            del rx
+            gc.collect()
+            print(f"  m = {m}: exact X side {t_x:.1f} s, per layer {t_l:.1f} s ({t_l / floor_s:.1f} floors)",
+                  flush=True)
+        if m <= eigh_max:
+            fx, t_x, mem_x = timed(lambda: fast.factorize(x))
 
-        def rel(v: float, i: int) -> float:
-            return abs(v - ref[i]) / abs(ref[i]) if ref is not None else float("nan")
+            def layer_eigh() -> Tuple[Any, Any]:
+                fz = fast.factorize(z)
+                return protocol.nhsic_factor_result(fz, fx, EPS), protocol.nhsic_factor_result(fz, fy, EPS)
 
-        # ours exact (eigh factors)
-        if m <= args.exact_max:
-            def ours_exact() -> tuple:
-                fx = factorize(x, device=dev)
-                fz = factorize(z, device=dev)
-                fy = factorize(y, kernel="label", device=dev)
-                return nhsic_factored(fx, fz, eps)[0], nhsic_factored(fy, fz, eps)[0]
+            (gx, gy), t_l, mem_l = timed(layer_eigh)
+            rows.append({**base, "method": "exact (eigh factors)", "seconds_x_side": t_x, "seconds_per_layer": t_l,
+                         "peak_mem_mb": max(mem_x, mem_l), "value_xz": gx.value, "value_yz": gy.value,
+                         "rel_err_xz": abs(gx.value / ref[0] - 1) if ref else math.nan,
+                         "rel_err_yz": abs(gy.value / ref[1] - 1) if ref else math.nan,
+                         "floors": t_l / floor_s})
+            del fx
+            gc.collect()
+            print(f"  m = {m}: eigh X side {t_x:.1f} s, per layer {t_l:.1f} s", flush=True)
+        fxl, t_x, mem_x = timed(lambda: fast.factorize(x, tolerance=tolerance))
 
-            (evx, evy), t_ex, mem_ex = timed(ours_exact, dev)
-            add(m=m, method="ours-exact-eigh-f64", protocol="full", seconds=t_ex, peak_mem_mb=mem_ex,
-                value_xz=evx, value_yz=evy, rel_err_xz=rel(evx, 0), rel_err_yz=rel(evy, 1))
-        # ours low rank
-        def ours_lr() -> tuple:
-            fx = factorize(x, tolerance=args.tolerance, device=dev)
-            fz = factorize(z, tolerance=args.tolerance, device=dev)
-            fy = factorize(y, kernel="label", device=dev)
-            rxz = refine_nhsic(fz, fx, eps=eps, tolerance=args.tolerance)     # bound <= tolerance * value
-            ryz = refine_nhsic(rxz.z_factor, fy, eps=eps, tolerance=args.tolerance)
-            return (rxz.value, rxz.error_bound), (ryz.value, ryz.error_bound), rxz.rank_other, ryz.rank_z
+        def layer_lr() -> Tuple[Any, Any]:
+            fz = fast.factorize(z, tolerance=tolerance)
+            rxz = fast.refine_nhsic(fz, fxl, eps=EPS, tolerance=tolerance)
+            ryz = fast.refine_nhsic(rxz.z_factor, fy, eps=EPS, tolerance=tolerance)
+            return rxz, ryz
 
-        ((lvx, lex), (lvy, ley), rx, rz), t_lr, mem_lr = timed(ours_lr, dev)
-        add(m=m, method="ours-lowrank-f64", protocol="full", seconds=t_lr, peak_mem_mb=mem_lr, value_xz=lvx,
-            value_yz=lvy, error_bound_xz=lex, error_bound_yz=ley, rel_err_xz=rel(lvx, 0), rel_err_yz=rel(lvy, 1),
-            rank_x=rx, rank_z=rz, tolerance=args.tolerance)
+        (lx, ly), t_l, mem_l = timed(layer_lr)
+        rows.append({**base, "method": f"low rank (tolerance {tolerance:g})", "seconds_x_side": t_x,
+                     "seconds_per_layer": t_l, "peak_mem_mb": max(mem_x, mem_l), "value_xz": lx.value,
+                     "value_yz": ly.value, "error_bound_xz": lx.error_bound, "error_bound_yz": ly.error_bound,
+                     "rel_err_xz": abs(lx.value / ref[0] - 1) if ref else math.nan,
+                     "rel_err_yz": abs(ly.value / ref[1] - 1) if ref else math.nan,
+                     "rank_x": lx.rank_other, "rank_z": lx.rank_z, "floors": t_l / floor_s})
+        print(f"  m = {m}: low rank X side {t_x:.1f} s, per layer {t_l:.1f} s, rel err "
+              f"{rows[-1]['rel_err_xz']:.2e} / {rows[-1]['rel_err_yz']:.2e} (bound {lx.error_bound / lx.value:.1e})",
+              flush=True)
+        gc.collect()
     return rows
 
 
-def write_results(rows: list[dict], args: argparse.Namespace, out_dir: Path) -> None:
+def section_extraction(quick: bool) -> List[Dict[str, Any]]:
+    import extraction_speed as E
+
+    out = E.main(["--quick"] if quick else [])
+    return [{"section": "extraction", **r} for r in out]
+
+
+# --------------------------------------------------------------------------- report
+def _md_table(rows: List[Dict[str, Any]], cols: List[Tuple[str, str, str]]) -> List[str]:
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---:" if f else "---" for _, _, f in cols)
+             + "|"]
+    for r in rows:
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key, "")
+            if fmt and isinstance(v, (int, float)) and not isinstance(v, bool):
+                cells.append("" if (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_results(rows: List[Dict[str, Any]], out_dir: Path, quick: bool, cmd: str, load_before: str) -> Path:
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.insert(0, "device", args.device)
-    lr = df[df.method == "ours-lowrank-f64"]
-    exp_t = fit_exponent(lr.m.tolist(), lr.seconds.tolist())
-    exp_mr2 = fit_exponent(lr.m.tolist(), (lr.m * (lr.rank_x ** 2 + lr.rank_z ** 2)).tolist())
-    suffix = "" if args.device == "cpu" else "_" + args.device.split(":")[0]
-    if args.quick:
-        suffix += "_quick"
-    csv = out_dir / f"speed{suffix}.csv"
-    md = out_dir / f"speed{suffix}.md"
-    tmp = csv.with_name(csv.name + ".partial")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, csv)
-    cols = [c for c in ["m", "method", "seconds", "peak_mem_mb", "value_xz", "value_yz", "rel_err_xz", "rel_err_yz",
-                        "error_bound_xz", "error_bound_yz", "rank_x", "rank_z", "speedup_vs_published",
-                        "speedup_vs_published_written_well",
-                        "seconds_per_extra_layer", "speedup_per_layer_cached_x", "max_rel_diff_vs_published_f32",
-                        "max_rel_diff_vs_published_f64"] if c in df.columns]
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    lines = [
-        f"# nHSIC speed benchmark ({args.device})", "",
-        f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  ",
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
-        f"load average at end {load[0]:.1f} (other jobs shared the CPU: timings are upper bounds).  ",
-        f"Data: m samples, X d={args.d}, Z d={args.dz}, c=10, latent dim {args.latent}; eps={args.eps}, "
-        f"sigma=5 sqrt(d), batch {args.batch_size}, low-rank tolerance {args.tolerance}.", "",
-        f"Low rank: fitted exponent of time vs m = **{exp_t:.2f}**; of m (r_x^2 + r_z^2) vs m = {exp_mr2:.2f} "
-        "(time follows O(m r^2) when the two agree).", "",
-        df[cols].to_markdown(index=False, floatfmt=".4g") if _has_tabulate() else df[cols].to_string(index=False),
-        "",
-    ]
-    tmp = md.with_name(md.name + ".partial")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, md)
-    print(f"time exponent (low rank) {exp_t:.2f}; m r^2 exponent {exp_mr2:.2f}")
+    name = "speed_quick" if quick else "speed"
+    csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    pd.DataFrame(rows).to_csv(csv.with_name(csv.name + ".partial"), index=False)
+    os.replace(csv.with_name(csv.name + ".partial"), csv)
+    lines = ["# Speed: the whole measurement, published vs ours", "",
+             f"Command: `{cmd}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python "
+             f"{platform.python_version()}; load average (1, 5, 15 min) before {load_before}, after {loadavg()}.", ""]
+    jobs = [r for r in rows if r["section"] == "jobs"]
+    if jobs:
+        j = jobs[0]
+        lines += ["## Job level (minibatch protocol over a whole store)", "",
+                  f"Store: {j['n_checkpoints']} checkpoints x {j['n_layer_jobs'] // j['n_checkpoints']} layers x "
+                  f"{j['n_samples']} samples ({j['data']}), m = 100, eps = 1e-5, sigma = 5 sqrt(d), "
+                  "non-squared distance, targets X and Y, no baseline. (1) = published as published, (2) = written "
+                  "well; in-process rows get the activations in memory, except ours, which reads the store itself. "
+                  "Ratios of whole-process rows are against the whole-process (1) and (2). floors = this row / "
+                  "the float32 Z-Gram floor at 2 threads.", ""]
+        lines += _md_table(jobs, [("what", "what", ""), ("seconds", "seconds", ".2f"),
+                                  ("vs_published", "(1) / this", ".1f"), ("vs_written_well", "(2) / this", ".2f"),
+                                  ("floors", "floors", ".1f")])
+        lines += ["", f"Values: ours (float64) vs (1) max relative difference {j['max_rel_diff_vs_published']:.1e}, "
+                      f"vs (2) {j['max_rel_diff_vs_written_well']:.1e} over every (checkpoint, layer, target); "
+                      f"`--jobs 2` table identical to 1 job: {j['jobs2_identical']}.", ""]
+    full = [r for r in rows if r["section"] == "full"]
+    if full:
+        lr = [r for r in full if str(r["method"]).startswith("low rank")]
+        ex = [r for r in full if str(r["method"]).startswith("exact (Cholesky")]
+        lines += [f"## Full sample (one layer: {full[0]['layer']}, {full[0]['d_z']} dims; X: {full[0]['d_x']} dims)", "",
+                  f"float64; GEMM rate {full[0]['gflops_s']:.1f} GFLOP/s measured in this run; floor = (2 m^2 d + "
+                  "m^3 / 3) / rate, the Gram and one Cholesky of a layer. Fitted time exponent per layer: exact "
+                  f"{fit_exponent([r['m'] for r in ex], [r['seconds_per_layer'] for r in ex]):.2f}, low rank "
+                  f"{fit_exponent([r['m'] for r in lr], [r['seconds_per_layer'] for r in lr]):.2f}.", ""]
+        lines += _md_table(full, [("m", "m", "d"), ("method", "method", ""), ("seconds_x_side", "X side s", ".1f"),
+                                  ("seconds_per_layer", "per layer s", ".2f"), ("floors", "floors", ".1f"),
+                                  ("peak_mem_mb", "peak MB", ".0f"), ("value_xz", "nHSIC(X;Z)", ".4f"),
+                                  ("value_yz", "nHSIC(Y;Z)", ".4f"), ("rel_err_xz", "rel err X", ".1e"),
+                                  ("rel_err_yz", "rel err Y", ".1e"), ("error_bound_xz", "bound X", ".2e"),
+                                  ("rank_x", "rank X", ".0f"), ("rank_z", "rank Z", ".0f")])
+        lines.append("")
+    ext = [r for r in rows if r["section"] == "extraction"]
+    if ext:
+        lines += ["## Extraction (`benchmarks/extraction_speed.py`)", ""]
+        keys = [k for k in ext[0] if k != "section" and not isinstance(ext[0][k], (list, dict))]
+        lines += _md_table(ext, [(k, k, ".3g") for k in keys])
+        lines.append("")
+    md.write_text("\n".join(lines))
     print(f"wrote {csv} and {md}")
+    return md
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--quick", action="store_true", help="smoke run on digits, small sizes (tests)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "speed"), help="where the run and stores are made")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="full-sample m (default 2k 5k 10k 20k)")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="low-rank relative error bound (default 1e-3)")
+    p.add_argument("--eigh-max", type=int, default=5000, help="largest m for the eigenvector route")
+    p.add_argument("--exact-max", type=int, default=20000, help="largest m for the exact route")
+    p.add_argument("--repeats", type=int, default=3, help="best of N for the short job-level rows")
+    p.add_argument("--no-whole", action="store_true", help="skip the whole-process rows")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for the baselines and the full section")
+    p.add_argument("--out-dir", default=str(HERE / "results"))
+    return p.parse_args(argv)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--sizes", type=int, nargs="+", default=None)
-    p.add_argument("--tolerance", type=float, default=1e-3, help="relative error bound of the low-rank values (default: 1e-3)")
-    p.add_argument("--eps", type=float, default=1e-5)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--latent", type=int, default=4)
-    p.add_argument("--d", type=int, default=784)
-    p.add_argument("--dz", type=int, default=400)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is faster when the cores are shared)")
-    p.add_argument("--exact-max", type=int, default=None, help="largest m for ours-exact (eigh)")
-    p.add_argument("--reference-max", type=int, default=None, help="largest m for the Cholesky reference")
-    p.add_argument("--published-max", type=int, default=10 ** 9)
-    p.add_argument("--published-f64-max", type=int, default=2000)
-    p.add_argument("--extraction", action="store_true",
-                   help="only measure extraction throughput (hooked forward + HDF5 vs bare forward)")
-    p.add_argument("--layer-widths", action="store_true",
-                   help="only measure the per-(layer, checkpoint) minibatch cost at several layer widths")
-    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
-    a = p.parse_args(argv)
-    cuda = a.device.startswith("cuda")
-    a.sizes_given = a.sizes is not None
-    if a.quick:
-        a.sizes = a.sizes or [200, 400]
-        a.d, a.dz, a.batch_size = min(a.d, 40), min(a.dz, 20), min(a.batch_size, 50)
-    a.sizes = a.sizes or [1000, 2000, 5000, 10000, 20000]
-    # CPU: exact eigh beyond 5k and the dense reference beyond 10k do not fit the 10-minute budget on
-    # 2 cores (eigh is O(m^3) with a poor constant; at 20k each dense matrix is 3.2 GB).
-    a.exact_max = a.exact_max or (10000 if cuda else 5000)
-    a.reference_max = a.reference_max or (20000 if cuda else 10000)
-    return a
-
-
-def main(argv: Optional[list[str]] = None) -> list[dict]:
+def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
-    if not args.device.startswith("cuda"):
-        torch.set_num_threads(args.threads)
-    if args.extraction:
-        res = measure_extraction()
-        print(res)
-        out = Path(args.out_dir) / "extraction.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        import json
-        tmp = out.with_name(out.name + ".partial")
-        tmp.write_text(json.dumps(res, indent=1))
-        os.replace(tmp, out)
-        return [res]
-    if args.layer_widths:
-        rows = measure_layer_widths(device=args.device, m=args.sizes[0] if args.sizes_given else 10000)
-        import pandas as pd
-        out = Path(args.out_dir) / ("speed_layers.csv" if args.device == "cpu" else "speed_layers_cuda.csv")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial")
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-        os.replace(tmp, out)
-        return rows
-    rows = run(args)
-    write_results(rows, args, Path(args.out_dir))
+    torch.set_num_threads(args.threads)
+    sizes = args.sizes or ([100, 200] if args.quick else [2000, 5000, 10000, 20000])
+    if args.quick:
+        args.work = args.work if args.work != str(ROOT / "runs" / "speed") else str(Path(args.out_dir) / "work")
+    load_before = loadavg()
+    data = ensure_data(Path(args.work), args.quick, max(sizes))
+    rows: List[Dict[str, Any]] = []
+    if "jobs" in args.sections:
+        rows += section_jobs(data["jobs"], 1 if args.quick else args.repeats, whole=not args.no_whole)
+    if "full" in args.sections:
+        rows += section_full(data["full"], sizes, args.tolerance, args.eigh_max, args.exact_max)
+    if "extraction" in args.sections and not args.quick:
+        rows += section_extraction(args.quick)
+    cmd = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_results(rows, Path(args.out_dir), args.quick, cmd, load_before)
     return rows
 
 

@@ -257,11 +257,14 @@ def test_speed_benchmark_quick(tmp_path):
     spec = importlib.util.spec_from_file_location("speed_bench", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows = mod.main(["--quick", "--sizes", "100", "200", "--out-dir", str(tmp_path)])
-    methods = {r["method"] for r in rows}
-    assert {"published-minibatch-f32", "ours-minibatch-f64", "ours-exact-eigh-f64", "ours-lowrank-f64"} <= methods
+    rows = mod.main(["--quick", "--no-whole", "--sections", "jobs", "full", "--out-dir", str(tmp_path)])
     assert (tmp_path / "speed_quick.csv").exists() and (tmp_path / "speed_quick.md").exists()
-    mb = [r for r in rows if r["method"] == "ours-minibatch-f64"]
-    assert all(r["max_rel_diff_vs_published_f64"] < 1e-8 for r in mb)   # same math as the published code
-    ex = [r for r in rows if r["method"] == "ours-exact-eigh-f64"]
-    assert all(r["rel_err_xz"] < 1e-8 and r["rel_err_yz"] < 1e-8 for r in ex)
+    jobs = [r for r in rows if r["section"] == "jobs"]
+    assert {"(1) published, in-process", "(2) written well, in-process", "ours in-process, 1 job",
+            "ours in-process, --jobs 2"} <= {r["what"] for r in jobs}
+    assert jobs[0]["jobs2_identical"] and jobs[0]["max_rel_diff_vs_published"] < 2e-3
+    full = [r for r in rows if r["section"] == "full"]
+    eigh = [r for r in full if r["method"] == "exact (eigh factors)"]
+    assert eigh and all(r["rel_err_xz"] < 1e-8 and r["rel_err_yz"] < 1e-8 for r in eigh)
+    low = [r for r in full if r["method"].startswith("low rank")]
+    assert all(r["rel_err_xz"] <= 1e-3 and r["rel_err_yz"] <= 1e-3 for r in low)    # within the tolerance
