@@ -57,3 +57,38 @@ def test_minibatches_cuda_match_cpu(kernel_y):
     gpu = nhsic_minibatches(z, other, kernel_y=kernel_y, device="cuda")
     assert cpu.shape == gpu.shape == (10,)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-6)
+
+
+def test_exact_resolvents_cuda_match_cpu():
+    from infoplane.estimators import assess
+
+    x, z, y = _data(900, seed=3)
+    for other in (x, y):
+        cpu = assess(z, other, protocol="full", device="cpu")
+        gpu = assess(z, other, protocol="full", device="cuda")
+        for col in ("value", "null_mean", "null_sd", "max_value", "adjusted"):
+            assert _rel(getattr(gpu, col), getattr(cpu, col)) < 1e-6, col
+
+
+def test_estimate_store_on_cuda_matches_cpu(tmp_path):
+    from infoplane.estimate import EstimateConfig, estimate_store
+    from infoplane.store import ActivationStore
+
+    x, z, y = _data(400, seed=4)
+    path = tmp_path / "s.h5"
+    st = ActivationStore.create(path, index=np.arange(400), labels=y.numpy(), input_shape=(200,),
+                                model={"name": "toy", "kwargs": {}}, dataset={"name": "toy", "num_classes": 10},
+                                split="test")
+    st.write_inputs(0, x.float().numpy())
+    st.mark_inputs_complete()
+    st.begin_checkpoint("epoch_0000", attrs={"epoch": 0, "step": 0, "regime": {"name": "e2e"}, "metrics": {},
+                                             "sha256": "0", "model": "toy", "run": "r"})
+    st.write_layer_rows("epoch_0000", "z", 0, z.float().numpy(), order=0)
+    st.set_rows_done("epoch_0000", 400)
+    st.finish_checkpoint("epoch_0000")
+    st.close()
+    for protocol in ("minibatch", "full"):
+        cpu = estimate_store(path, EstimateConfig(protocol=protocol, progress=False, device="cpu"))
+        gpu = estimate_store(path, EstimateConfig(protocol=protocol, progress=False, device="cuda"))
+        np.testing.assert_allclose(gpu["value"], cpu["value"], rtol=1e-6)
+        np.testing.assert_allclose(gpu["null_sd"], cpu["null_sd"], rtol=1e-6)
