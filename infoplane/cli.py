@@ -1,6 +1,6 @@
 """``infoplane`` command line (thin: parse arguments, call the library, print a short summary).
 
-Subcommands: extract, estimate, plot, info, estimators, models, train, demo (see docs/cli.md).
+Subcommands: extract, estimate, merge, plot, info, estimators, models, train, demo (see docs/cli.md).
 Library errors (bad input, missing or foreign files) become one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead.
 """
@@ -115,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-stratified, seeded subset of N samples (default: the whole split)")
     e.add_argument("--batch-size", type=int_at_least(1), default=256, help="samples per forward pass")
     e.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="storage precision")
+    e.add_argument("--reduce", default="none", metavar="none|avgpool|flatten-max:D|random-projection:D",
+                   help="what is stored of each layer: everything (none); the channel means of conv maps "
+                        "(avgpool); layers of at most D values as they are, larger maps average-pooled to at most "
+                        "D values (flatten-max:D); layers of more than D values projected to D by a seeded "
+                        "Gaussian matrix (random-projection:D). One reduction per store (docs/formats_store.md)")
+    e.add_argument("--reduce-seed", type=int_at_least(0), default=0,
+                   help="seed of the random-projection matrix (the same matrix for every checkpoint of a store)")
+    e.add_argument("--compression", default="none", choices=("none", "lzf", "gzip"),
+                   help="HDF5 compression of new layers (gzip at level 4; both with byte shuffling)")
+    e.add_argument("--force", action="store_true",
+                   help="extract even when the size estimate exceeds the free disk space at --out")
     e.add_argument("--allow-nonfinite", action="store_true",
                    help="store NaN/inf activations (estimate marks those layers) instead of stopping with an "
                         "error naming the checkpoint and layer")
@@ -196,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "alignment) instead of the raw one")
     pl.add_argument("--title", default=None, help="figure title")
 
+    mg = _parser(sub, "merge", "join the CSVs of a run cut into shards (estimate --shard I/N) into one table")
+    mg.add_argument("parts", nargs="+", help="the N CSVs, one per shard (every shard exactly once)")
+    mg.add_argument("--out", required=True, help="the merged CSV (written atomically; not one of the parts)")
+
     i = _parser(sub, "info", "summarise a checkpoint, a run directory, a store or an estimates CSV")
     i.add_argument("file", nargs="+", help="a checkpoint (.pt), a run directory, an activation store (.h5), an "
                                            "estimates CSV, or with --weights several checkpoints")
@@ -222,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="run directories, .h5 stores and/or estimates .csv files")
     r.add_argument("--out", default="report", help="output directory")
     r.add_argument("--estimator", default=None, help="estimator of the planes (default: nhsic if present)")
+    r.add_argument("--estimators", default=None, metavar="NAME,NAME",
+                   help="set each claim's verdict under these estimators side by side, with a 'robust' column "
+                        "(the verdict holds under every estimator trusted at the layer's dimension and sample "
+                        "size), e.g. nhsic,renyi,knn,kde,binning; the tables must hold their rows")
     r.add_argument("--threshold", type=finite_float(positive=True), default=2.0,
                    help="noise units for a significant drop")
     r.add_argument("--chance-z", type=finite_float(positive=True), default=2.0,
@@ -250,10 +269,15 @@ def _cmd_extract(a) -> int:
         return 0
     from infoplane.extract import extract
 
+    def notice(line: str) -> None:  # the size estimate, one line on stderr before the first row
+        if not getattr(a, "quiet", False):
+            print(f"infoplane extract: {line}", file=sys.stderr, flush=True)
+
     out = extract(a.checkpoints, layers=a.layers, out=a.out, split=a.split, samples=a.samples,
                   batch_size=a.batch_size, dtype=a.dtype, data_root=a.data_root, device=a.device,
                   model_factory=a.model_factory, progress=not a.no_progress, allow_nonfinite=a.allow_nonfinite,
-                  image_folder=a.image_folder, dataset_factory=a.dataset_factory,
+                  image_folder=a.image_folder, dataset_factory=a.dataset_factory, reduce=a.reduce,
+                  reduce_seed=a.reduce_seed, compression=a.compression, force=a.force, notify=notice,
                   command="infoplane " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     from infoplane.store import ActivationStore
 
@@ -439,7 +463,16 @@ def _cmd_demo(a) -> int:
     return 0
 
 
-_COMMANDS = {"extract": _cmd_extract, "estimate": _cmd_estimate, "plot": _cmd_plot, "info": _cmd_info,
+def _cmd_merge(a) -> int:
+    from infoplane.estimate import merge_estimates
+
+    out = merge_estimates(a.parts, a.out)
+    print(f"wrote {out}: {len(a.parts)} shards merged")
+    return 0
+
+
+_COMMANDS = {"extract": _cmd_extract, "estimate": _cmd_estimate, "merge": _cmd_merge, "plot": _cmd_plot,
+             "info": _cmd_info,
              "estimators": _cmd_estimators, "models": _cmd_models, "train": _cmd_train, "demo": _cmd_demo}
 
 
@@ -449,7 +482,7 @@ def _cmd_report(a) -> int:
     cfg = ReportConfig(threshold=a.threshold, chance_z=a.chance_z, estimator=a.estimator, reconstruct=a.reconstruct,
                        probe=not a.no_probe, decoder_epochs=a.decoder_epochs, probe_epochs=a.probe_epochs,
                        max_samples=a.max_samples, device=a.device, seed=a.seed, progress=not a.no_progress,
-                       title=a.title)
+                       title=a.title, estimators=a.estimators)
     print(build_report(a.inputs, a.out, cfg))
     return 0
 

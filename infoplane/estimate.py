@@ -40,7 +40,7 @@ COLUMNS = ["run", "regime", "model", "dataset", "checkpoint", "epoch", "layer", 
            "estimator", "target", "value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted",
            "max_value", "baseline", "baseline_std", "error_bound", "rank_z", "rank_target", "protocol",
            "n_samples", "batch_size", "n_batches", "seconds", "eps", "sigma_rule", "distance", "seed",
-           "store", "status"]
+           "store", "shard", "status"]
 
 #: ``status`` of a row with a value; any other status marks a row without one (and says why).
 OK = "ok"
@@ -453,7 +453,8 @@ def _base_row(path: Path, store: ActivationStore, cfg: EstimateConfig, c: str, a
             "model": (store.model or {}).get("name", ""), "dataset": (store.dataset or {}).get("name", ""),
             "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name, "layer_index": i,
             "estimator": cfg.estimator, "target": target, "protocol": protocol, "eps": eps,
-            "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path)}
+            "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path),
+            "shard": cfg.shard or ""}
 
 
 class _Context:
@@ -586,6 +587,79 @@ def estimate_to_csv(path: PathLike, out: PathLike, config: Optional[EstimateConf
     return out
 
 
+#: Columns that must agree between the parts of one sharded run (the settings of the values).
+SETTING_COLUMNS = ["estimator", "protocol", "batch_size", "eps", "sigma_rule", "distance", "seed"]
+
+
+def merge_estimates(parts: Sequence[PathLike], out: PathLike) -> Path:
+    """Concatenate the CSVs of a sharded run (``--shard i/n``) into one table, written atomically.
+
+    Refused, naming the file and column: parts with different settings (:data:`SETTING_COLUMNS`),
+    a part that is not one shard (its ``shard`` column), shards of different N, a shard given twice
+    or missing (failed or not run), and a (store, checkpoint, layer, target) row in two parts. Rows
+    are put in the store's order (epoch, checkpoint, layer index, target).
+    """
+    from infoplane.plot import read_estimates
+
+    paths = [Path(p) for p in parts]
+    if not paths:
+        raise ValueError("merge: pass the CSVs of every shard")
+    out = check_csv_path(out)
+    if out.resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"--out {str(out)!r} is one of the inputs; write the merged table to a new file")
+    seen: Dict[Path, Path] = {}
+    for p in paths:
+        if p.resolve() in seen:
+            raise ValueError(f"merge: {str(p)!r} is given twice; pass each shard once")
+        seen[p.resolve()] = p
+    tables = []
+    for p in paths:
+        df = read_estimates(p)
+        df["_part"] = str(p)
+        tables.append(df)
+    df = pd.concat(tables, ignore_index=True)
+    ok = df[df["status"].astype(object).where(df["status"].notna(), OK) == OK] if "status" in df else df
+    for col in SETTING_COLUMNS:
+        if col in ok:
+            vals = ok[col].dropna().astype(str).unique()
+            if len(vals) > 1:
+                first = {v: ok.loc[ok[col].astype(str) == v, "_part"].iloc[0] for v in vals}
+                raise ValueError(f"merge: the parts differ in {col!r} ({'; '.join(f'{v} in {f}' for v, f in first.items())}); "
+                                 "merge only the shards of one run")
+    shards: Dict[int, str] = {}
+    n_parts = set()
+    for part, sub in df.groupby("_part", sort=False):
+        specs = set(sub["shard"].astype(object).where(sub["shard"].notna(), "").astype(str)) if "shard" in sub else {""}
+        if len(specs) != 1 or "" in specs or "nan" in specs:
+            raise ValueError(f"merge: {part} is not one shard of a run (its 'shard' column is {sorted(specs)}); "
+                             "merge the CSVs written with --shard I/N")
+        from infoplane.parallel import parse_shard
+
+        i, n = parse_shard(specs.pop())
+        n_parts.add(n)
+        if i in shards:
+            raise ValueError(f"merge: {part} and {shards[i]} are both shard {i}/{n}; pass each shard once")
+        shards[i] = str(part)
+    if len(n_parts) != 1:
+        raise ValueError(f"merge: the parts come from runs cut into different numbers of shards ({sorted(n_parts)})")
+    n = n_parts.pop()
+    missing = [f"{i}/{n}" for i in range(n) if i not in shards]
+    if missing:
+        raise ValueError(f"merge: shard(s) {', '.join(missing)} are missing; run them (same command with "
+                         f"--shard {missing[0]}) and pass every part")
+    key = ["store", "checkpoint", "layer", "target"]
+    dup = df[df.duplicated(key, keep=False) & (df["layer"].astype(str) != "")]
+    if len(dup):
+        r = dup.iloc[0]
+        files = sorted(set(dup[(dup[key] == r[key]).all(axis=1)]["_part"]))
+        raise ValueError(f"merge: checkpoint {r['checkpoint']!r}, layer {r['layer']!r}, target {r['target']!r} is in "
+                         f"{' and '.join(files)}; pass each shard once")
+    df = df.drop(columns="_part")
+    df["_t"] = df["target"].astype(str)
+    df = df.sort_values(["store", "epoch", "checkpoint", "layer_index", "_t"], kind="stable").drop(columns="_t")
+    return write_csv_atomic(df.reset_index(drop=True), out)
+
+
 def _json_value(v: Any) -> Any:
     if isinstance(v, (np.integer,)):
         return int(v)
@@ -618,4 +692,5 @@ def _read_partial(partial: Path, key: Dict[str, Any]) -> Dict[tuple, List[Dict[s
 
 
 
-__all__ = ["EstimateConfig", "estimate_store", "estimate_to_csv", "resume_path", "write_csv_atomic", "COLUMNS"]
+__all__ = ["EstimateConfig", "estimate_store", "estimate_to_csv", "merge_estimates", "resume_path",
+           "write_csv_atomic", "COLUMNS"]

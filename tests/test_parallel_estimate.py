@@ -98,6 +98,42 @@ def test_shards_partition_the_jobs_and_concatenate_to_the_whole(store, tmp_path)
     _same(pd.concat(tables), whole)
 
 
+def test_merge_joins_the_shards_and_refuses_what_is_not_one_run(store, tmp_path):
+    from infoplane.estimate import merge_estimates
+
+    whole = estimate_store(store, EstimateConfig(batch_size=20, progress=False))
+    parts = [estimate_to_csv(store, tmp_path / f"p{i}.csv", EstimateConfig(batch_size=20, progress=False,
+                                                                          shard=f"{i}/3")) for i in range(3)]
+    merged = pd.read_csv(merge_estimates(parts[::-1], tmp_path / "all.csv"))
+    assert list(merged[KEY].itertuples(index=False)) == list(whole[KEY].itertuples(index=False))
+    _same(merged, whole)
+    with pytest.raises(ValueError, match=r"shard\(s\) 1/3 are missing"):
+        merge_estimates([parts[0], parts[2]], tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="given twice"):
+        merge_estimates([parts[0], parts[0], parts[1], parts[2]], tmp_path / "x.csv")
+    import shutil
+
+    shutil.copy(parts[0], tmp_path / "copy0.csv")
+    with pytest.raises(ValueError, match="both shard 0/3"):
+        merge_estimates([parts[0], tmp_path / "copy0.csv", parts[1], parts[2]], tmp_path / "x.csv")
+    other = estimate_to_csv(store, tmp_path / "q.csv", EstimateConfig(batch_size=30, progress=False, shard="1/3"))
+    with pytest.raises(ValueError, match="batch_size"):
+        merge_estimates([parts[0], other, parts[2]], tmp_path / "x.csv")
+    plain = estimate_to_csv(store, tmp_path / "plain.csv", EstimateConfig(batch_size=20, progress=False))
+    with pytest.raises(ValueError, match="not one shard"):
+        merge_estimates([plain], tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="is one of the inputs"):
+        merge_estimates(parts, parts[0])
+    assert not (tmp_path / "x.csv").exists()
+    cli = subprocess.run([sys.executable, "-m", "infoplane", "merge", *map(str, parts), "--out",
+                          str(tmp_path / "cli.csv")], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    _same(pd.read_csv(tmp_path / "cli.csv"), whole)
+    bad = subprocess.run([sys.executable, "-m", "infoplane", "merge", str(parts[0]), "--out", str(tmp_path / "b.csv")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_shard_spec():
     assert parse_shard("1/3") == (1, 3)
     assert shard(list(range(7)), "1/3") == [1, 4]
