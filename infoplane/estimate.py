@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -425,7 +425,7 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
             ctx = _Context(store, cfg, path, runner)  # serial or threads: one open store, shared target sides
         for c in incomplete:
             a = store.checkpoint_attrs(c)
-            rows.append({**_base_row(path, store, cfg, c, a, "", 0, "", runner.eps), "value": math.nan,
+            rows.append({**_base_row(path, _names_of(store), cfg, c, a, "", 0, "", runner.eps), "value": math.nan,
                          "status": f"skipped: incomplete ({int(a.get('rows_done', 0))} of {store.n_samples} rows)"})
         done: Dict[tuple, List[Dict[str, Any]]] = {}
         bar = tqdm(total=len(jobs), desc=f"estimate {cfg.estimator}", unit="layer",
@@ -445,12 +445,17 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
     return pd.DataFrame(rows, columns=COLUMNS + extra_cols)
 
 
-def _base_row(path: Path, store: ActivationStore, cfg: EstimateConfig, c: str, a: Dict[str, Any], name: str, i: int,
-              target: str, eps: float) -> Dict[str, Any]:
+def _names_of(store: ActivationStore) -> Tuple[str, str]:
+    """(model name, dataset name) of a store (read once per store: each is a JSON attribute)."""
+    return (store.model or {}).get("name", ""), (store.dataset or {}).get("name", "")
+
+
+def _base_row(path: Path, names: Tuple[str, str], cfg: EstimateConfig, c: str, a: Dict[str, Any], name: str,
+              i: int, target: str, eps: float) -> Dict[str, Any]:
     sigma_rule = cfg.sigma if isinstance(cfg.sigma, str) else f"{float(cfg.sigma):g}"
     protocol = "full" if cfg.full else "minibatch"
     return {"run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")),
-            "model": (store.model or {}).get("name", ""), "dataset": (store.dataset or {}).get("name", ""),
+            "model": names[0], "dataset": names[1],
             "checkpoint": c, "epoch": int(a.get("epoch", -1)), "layer": name, "layer_index": i,
             "estimator": cfg.estimator, "target": target, "protocol": protocol, "eps": eps,
             "sigma_rule": sigma_rule, "distance": cfg.distance, "seed": int(cfg.seed), "store": str(path),
@@ -472,6 +477,7 @@ class _Context:
         self.baseline = (cfg.baseline if cfg.baseline is not None
                          else self.runner.spec.null_prepare is None and not self.runner.fast)
         self._attrs: Dict[str, Dict[str, Any]] = {}
+        self.names = _names_of(store)
         self.single_class = len(np.unique(store.labels())) < 2
 
     def attrs(self, c: str) -> Dict[str, Any]:
@@ -492,7 +498,7 @@ class _Context:
         if n_bad:
             log.warning("%s: checkpoint %r, layer %r has %d non-finite activation(s) (NaN/inf); its rows are "
                         "marked and left without a value", path, c, name, n_bad)
-            return [{**_base_row(path, self.store, cfg, c, a, name, i, target, runner.eps), "value": math.nan,
+            return [{**_base_row(path, self.names, cfg, c, a, name, i, target, runner.eps), "value": math.nan,
                      "status": f"non-finite activations ({n_bad} values)"} for target in ("x", "y")]
         zcache: Dict[tuple, Any] = {}
         for target in ("x", "y"):
@@ -511,7 +517,7 @@ class _Context:
             d = res.to_dict()
             d.pop("estimator")
             d.pop("protocol")
-            row = _base_row(path, self.store, cfg, c, a, name, i, target, runner.eps)
+            row = _base_row(path, self.names, cfg, c, a, name, i, target, runner.eps)
             row.update(d)
             row.update({"baseline": base.value if base is not None else math.nan,
                         "baseline_std": base.std if base is not None else math.nan,

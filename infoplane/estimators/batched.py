@@ -41,11 +41,13 @@ def batched_center(K: torch.Tensor) -> torch.Tensor:
 
 def _batched_sq_dists(x: torch.Tensor) -> torch.Tensor:
     # one fused GEMM ``(|x_i|^2 + |x_j|^2) - 2 x_i.x_j`` (the factor -2 is exact), then in place
-    sq = (x * x).sum(dim=-1)
-    d2 = torch.baddbmm(sq[:, :, None] + sq[:, None, :], x, x.transpose(1, 2), alpha=-2.0)
     eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
-    if d2.requires_grad:
+    if x.requires_grad:
+        sq = (x * x).sum(dim=-1)
+        d2 = torch.baddbmm(sq[:, :, None] + sq[:, None, :], x, x.transpose(1, 2), alpha=-2.0)
         return d2.clamp_min(0.0).masked_fill(eye, 0.0)
+    sq = torch.linalg.vector_norm(x, dim=-1).square_()        # no (B, b, d) temporary
+    d2 = (sq[:, :, None] + sq[:, None, :]).baddbmm_(x, x.transpose(1, 2), alpha=-2.0)
     return d2.clamp_min_(0.0).masked_fill_(eye, 0.0)
 
 
