@@ -14,8 +14,10 @@ Sections (``--sections``, default all):
 ``full``  Full sample on real layers (the last checkpoint's conv2, 400 dims, and the inputs X, 784
     dims, of up to 20,000 Fashion-MNIST training images): exact float64 by Cholesky resolvents
     (``infoplane.estimators.exact``; the X side once, then per layer), the eigenvector route
-    (``fast.factorize``, eigh) up to ``--eigh-max``, and the low-rank path at ``--tolerance`` with
-    its relative error against exact and the fitted time exponent. Flop floor of a layer: its Gram
+    (``fast.factorize``, eigh) up to ``--eigh-max``, and the low-rank path at ``--tolerance`` up to
+    ``--lowrank-max`` with its relative error against exact, the factors it ended with (a side that
+    needs more than m/2 pivots falls back to the exact eigenvector factor) and the fitted time
+    exponent. Flop floor of a layer: its Gram
     (2 m^2 d) plus one Cholesky (m^3 / 3) at the GEMM rate measured in the same run.
 ``extraction``  ``benchmarks/extraction_speed.py`` (extract vs a bare forward pass, LeNet5 on
     Fashion-MNIST and ResNet18 at width 16).
@@ -237,8 +239,8 @@ def section_jobs(store: Path, repeats: int, whole: bool) -> List[Dict[str, Any]]
     return rows
 
 
-def section_full(store: Path, sizes: List[int], tolerance: float, eigh_max: int, exact_max: int
-                 ) -> List[Dict[str, Any]]:
+def section_full(store: Path, sizes: List[int], tolerance: float, eigh_max: int, exact_max: int,
+                 lowrank_max: int) -> List[Dict[str, Any]]:
     """Full-sample rows (see the module docstring)."""
     from infoplane.estimators import exact, fast, protocol
     from infoplane.store import ActivationStore
@@ -301,6 +303,8 @@ def section_full(store: Path, sizes: List[int], tolerance: float, eigh_max: int,
             del fx
             gc.collect()
             print(f"  m = {m}: eigh X side {t_x:.1f} s, per layer {t_l:.1f} s", flush=True)
+        if m > lowrank_max:
+            continue
         fxl, t_x, mem_x = timed(lambda: fast.factorize(x, tolerance=tolerance))
 
         def layer_lr() -> Tuple[Any, Any]:
@@ -315,7 +319,8 @@ def section_full(store: Path, sizes: List[int], tolerance: float, eigh_max: int,
                      "value_yz": ly.value, "error_bound_xz": lx.error_bound, "error_bound_yz": ly.error_bound,
                      "rel_err_xz": abs(lx.value / ref[0] - 1) if ref else math.nan,
                      "rel_err_yz": abs(ly.value / ref[1] - 1) if ref else math.nan,
-                     "rank_x": lx.rank_other, "rank_z": lx.rank_z, "floors": t_l / floor_s})
+                     "rank_x": lx.rank_other, "rank_z": lx.rank_z, "floors": t_l / floor_s,
+                     "factors": f"Z {lx.z_factor.method}, X {lx.other_factor.method}"})
         print(f"  m = {m}: low rank X side {t_x:.1f} s, per layer {t_l:.1f} s, rel err "
               f"{rows[-1]['rel_err_xz']:.2e} / {rows[-1]['rel_err_yz']:.2e} (bound {lx.error_bound / lx.value:.1e})",
               flush=True)
@@ -388,7 +393,8 @@ def write_results(rows: List[Dict[str, Any]], out_dir: Path, quick: bool, cmd: s
                                   ("peak_mem_mb", "peak MB", ".0f"), ("value_xz", "nHSIC(X;Z)", ".4f"),
                                   ("value_yz", "nHSIC(Y;Z)", ".4f"), ("rel_err_xz", "rel err X", ".1e"),
                                   ("rel_err_yz", "rel err Y", ".1e"), ("error_bound_xz", "bound X", ".2e"),
-                                  ("rank_x", "rank X", ".0f"), ("rank_z", "rank Z", ".0f")])
+                                  ("rank_x", "rank X", ".0f"), ("rank_z", "rank Z", ".0f"),
+                                  ("factors", "factors used", "")])
         lines.append("")
     ext = [r for r in rows if r["section"] == "extraction"]
     if ext:
@@ -408,7 +414,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--work", default=str(ROOT / "runs" / "speed"), help="where the run and stores are made")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="full-sample m (default 2k 5k 10k 20k)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="low-rank relative error bound (default 1e-3)")
-    p.add_argument("--eigh-max", type=int, default=5000, help="largest m for the eigenvector route")
+    p.add_argument("--eigh-max", type=int, default=2000, help="largest m for the eigenvector route")
+    p.add_argument("--lowrank-max", type=int, default=2000,
+                   help="largest m for the low-rank path (on trained layers it needs more than m/2 pivots and "
+                        "falls back to the eigenvector route, O(m^3) with a large constant)")
     p.add_argument("--exact-max", type=int, default=20000, help="largest m for the exact route")
     p.add_argument("--repeats", type=int, default=3, help="best of N for the short job-level rows")
     p.add_argument("--no-whole", action="store_true", help="skip the whole-process rows")
@@ -429,7 +438,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     if "jobs" in args.sections:
         rows += section_jobs(data["jobs"], 1 if args.quick else args.repeats, whole=not args.no_whole)
     if "full" in args.sections:
-        rows += section_full(data["full"], sizes, args.tolerance, args.eigh_max, args.exact_max)
+        rows += section_full(data["full"], sizes, args.tolerance, args.eigh_max, args.exact_max, args.lowrank_max)
     if "extraction" in args.sections and not args.quick:
         rows += section_extraction(args.quick)
     cmd = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
