@@ -4,7 +4,9 @@
 --out runs/NAME`` or, from Python, ``trainers.train(TrainConfig(...)) -> list[Path]``; a paper's
 settings by name: ``--preset wang2021-cifar`` / ``TrainConfig.from_preset("wang2021-cifar", ...)``.
 Regimes (E2E, layer-wise simultaneous / sequential, ...) live in ``trainers.regimes``; see
-docs/regimes.md. Depends on infoplane; infoplane never imports trainers (except lazily from its CLI).
+docs/regimes.md. ``torchrun --nproc_per_node N -m trainers ...`` trains on N processes
+(``trainers.distributed``, docs/scaling.md). Depends on infoplane; infoplane never imports trainers
+(except lazily from its CLI).
 """
 from .config import TrainConfig
 from .loop import train

@@ -3,6 +3,8 @@
 Every option is a flag, grouped by the regime that reads it; an option the chosen regime does not
 use is an error naming both (only options given on the command line count, defaults never do).
 ``--preset NAME`` starts from a paper's settings (``trainers.presets``); explicit flags override it.
+``torchrun --nproc_per_node N -m trainers ...`` trains on N processes (docs/scaling.md); --batch-size
+is then the global batch.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import ast
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import (AUX_KINDS, E2E_LOSSES, LOCAL_LOSSES, LR_SCHEDULES, NHSIC_TARGETS, OPTIMIZERS, SCHEDULES,
-                     TRAIN_AUGMENTS, VIEW_RECIPES, TrainConfig)
+from .config import (AUX_KINDS, E2E_LOSSES, LOCAL_LOSSES, LR_SCHEDULES, NHSIC_TARGETS, OPTIMIZERS, PRECISIONS,
+                     SCHEDULES, TRAIN_AUGMENTS, VIEW_RECIPES, TrainConfig)
 from .options import KWARG_FLAGS
 
 _D = TrainConfig()
@@ -110,7 +112,8 @@ def build_parser(prog: str = "python -m trainers") -> argparse.ArgumentParser:
     g.add_argument("--milestones", type=int, nargs="+",
                    help="epochs after which the step schedule decays (default: 1/2, 3/4, 7/8, 15/16 of the run)")
     g.add_argument("--gamma", type=float, help=_h("decay factor of the step schedule", "gamma"))
-    g.add_argument("--batch-size", type=int, help=_h("training batch size", "batch_size"))
+    g.add_argument("--batch-size", type=int, help=_h("training batch size; under torchrun the global batch, split "
+                                                     "evenly across the processes", "batch_size"))
     g.add_argument("--eval-batch-size", type=int, help=_h("evaluation batch size", "eval_batch_size"))
     g.add_argument("--epochs", type=int, help=_h("training epochs", "epochs"))
 
@@ -199,7 +202,11 @@ def build_parser(prog: str = "python -m trainers") -> argparse.ArgumentParser:
                    help="deterministic kernels (bit-identical CUDA runs)")
     g.add_argument("--allow-nonfinite", action="store_const", const=True,
                    help="keep training when the loss becomes NaN/inf (default: stop with a message)")
-    g.add_argument("--device", help=_h("cpu, cuda, cuda:N or auto", "device"))
+    g.add_argument("--device", help=_h("cpu, cuda, cuda:N or auto (under torchrun, cuda means cuda:LOCAL_RANK)",
+                                       "device"))
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help=_h("autocast dtype of the training forward passes (fp16: with gradient scaling, CUDA "
+                           "only); evaluation stays float32", "precision"))
     g.add_argument("--schedule", choices=SCHEDULES, help=_h("checkpoint schedule", "schedule"))
     g.add_argument("--num-checkpoints", type=int, help=_h("checkpoints of --schedule log", "num_checkpoints"))
     g.add_argument("--no-save-init", action="store_const", const=False, dest="save_init",
@@ -252,25 +259,40 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return resolve(settings, preset)
 
 
+def _is_main_process() -> bool:
+    """False on the processes of a torchrun run other than rank 0 (they print nothing but the unforeseen)."""
+    from .distributed import world_from_env
+
+    try:
+        return world_from_env().is_main
+    except ValueError:
+        return True
+
+
 def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m trainers") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(None if argv is None else list(argv))
+    main_process = _is_main_process()
     try:
         from .loop import train
 
         config = config_from_args(args)
         paths = train(config)
     except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        if main_process:  # under torchrun every process raises the same error: rank 0 tells it
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        print(f"interrupted: the checkpoints written so far are complete and kept in {out!r} (a checkpoint file "
-              "is only ever renamed into place when whole)", file=sys.stderr)
+        if main_process:
+            print(f"interrupted: the checkpoints written so far are complete and kept in {out!r} (a checkpoint "
+                  "file is only ever renamed into place when whole)", file=sys.stderr)
         return 130
     except Exception as err:  # anything unforeseen: one line (the data written so far is complete)
         print(f"{parser.prog}: error: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    if not main_process:
+        return 0
     from infoplane.checkpoint import format_run_summary, summarize_run
 
     print(format_run_summary(summarize_run(config.out), last=3))

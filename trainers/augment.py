@@ -22,10 +22,13 @@ padding of their reference code). Everything draws from the global torch RNG (se
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .distributed import Shard
 
 VIEW_RECIPES = ("noise-shift", "crop-color")
 
@@ -75,14 +78,23 @@ def two_views(x: torch.Tensor, noise: float = 0.1, crop_pad: Optional[int] = Non
     return torch.cat([augment(x, noise, crop_pad), augment(x, noise, crop_pad)])
 
 
-def crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True, shard: Optional["Shard"] = None) -> torch.Tensor:
     """Training augmentation: random translation by up to ``pad`` pixels (reflect padding) and, with
-    ``flip``, a horizontal flip with p = 0.5. Non-image batches are returned unchanged."""
+    ``flip``, a horizontal flip with p = 0.5. Non-image batches are returned unchanged.
+
+    ``shard`` (several processes, ``trainers.distributed``): ``x`` is this process's part of a global
+    batch; the offsets and flips are drawn for the whole batch and cut to its rows, so every sample
+    gets the draw a single-process run gives it."""
     if x.dim() != 4:
         return x
-    x = translate(x, pad, "reflect")
+    n = x.shape[0] if shard is None else shard.total
+    rows = (lambda t: t) if shard is None else shard.rows
+    if int(pad) > 0:
+        dy = rows(torch.randint(0, 2 * int(pad) + 1, (n,)))
+        dx = rows(torch.randint(0, 2 * int(pad) + 1, (n,)))
+        x = translate(x, pad, "reflect", dy, dx)
     if flip:
-        mask = (torch.rand(x.shape[0]) < 0.5).to(x.device).view(-1, 1, 1, 1)
+        mask = (rows(torch.rand(n)) < 0.5).to(x.device).view(-1, 1, 1, 1)
         x = torch.where(mask, x.flip(-1), x)
     return x
 

@@ -34,6 +34,7 @@ OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("step", "cosine")
 TRAIN_AUGMENTS = ("none", "crop", "crop-flip")
 VIEW_RECIPES = ("auto", "noise-shift", "crop-color")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -73,6 +74,10 @@ class TrainConfig:
         checkpoint every epoch or on a log-spaced grid of ``num_checkpoints`` epochs; save_init
         writes epoch_0000.pt (initialisation). preset: the name of the preset the configuration was
         resolved from (:meth:`from_preset`, CLI ``--preset``; a label, nothing is applied here).
+        precision: fp32 | bf16 | fp16, the autocast dtype of the training forward passes (fp16 with
+        gradient scaling, CUDA only; ``trainers.precision``); evaluation always runs in float32.
+    Several processes (``torchrun``, see ``trainers.distributed``): ``batch_size`` is the global batch,
+    split evenly across the processes.
     """
 
     # model and data
@@ -124,6 +129,7 @@ class TrainConfig:
     deterministic: bool = False
     allow_nonfinite: bool = False
     device: str = "auto"
+    precision: str = "fp32"
     out: Optional[str] = None
     overwrite: bool = False
     schedule: str = "every"
@@ -153,6 +159,7 @@ class TrainConfig:
         choice("lr_schedule", LR_SCHEDULES)
         choice("train_augment", TRAIN_AUGMENTS)
         choice("aug_views", VIEW_RECIPES)
+        choice("precision", PRECISIONS)
         for name in ("epochs", "batch_size", "eval_batch_size", "num_checkpoints", "aux_hidden",
                      "aux_max_features", "proj_dim", "sp_topk"):
             if int(getattr(self, name)) < 1:
@@ -188,6 +195,10 @@ class TrainConfig:
                 raise ValueError("weight_decay_params must name at least one parameter prefix (or be None)")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device={self.device!r}: use cpu, cuda, cuda:N or auto")
+        if self.precision == "fp16" and self.device == "cpu":
+            from .precision import check_precision  # lazy: imports torch
+
+            check_precision(self.precision, "cpu")
         if not isinstance(self.model_kwargs, dict) or not isinstance(self.regime_kwargs, dict):
             raise ValueError("model_kwargs and regime_kwargs must be dicts")
         fields = {f.name for f in dataclasses.fields(self)}

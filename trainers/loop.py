@@ -11,6 +11,10 @@ after every epoch (in eval mode, through ``regime.predict``), and writes into ``
 * ``epoch_0000.pt`` (initialisation) and ``epoch_NNNN.pt`` on the checkpoint schedule
   (``every`` epoch, or a ``log``-spaced grid), written by ``infoplane.checkpoint.save_checkpoint``
   with the backbone's state_dict, the regime's description and auxiliary state, and the metrics.
+
+Started by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment), the run trains
+data-parallel on every process and writes the same files from rank 0 (``trainers.distributed``):
+``batch_size`` is the global batch, and the numbers recorded are those of one process on that batch.
 """
 from __future__ import annotations
 
@@ -36,7 +40,11 @@ from infoplane.models import build_model
 
 from .augment import crop_flip
 from .config import TrainConfig
+from . import distributed
+from .distributed import (DataParallel, Shard, ShardSampler, World, check_batch_size, check_last_batch,
+                          process_device, shard_dataset, world_from_env)
 from .options import check_options, used_config
+from .precision import check_precision
 from .regimes import Regime, get_regime
 
 _RUN_FILES = ("config.json", "metrics.csv")
@@ -124,43 +132,66 @@ def _subset(ds: Dataset, n: Optional[int], seed: int) -> Dataset:
 
 class Batches:
     """Mini-batches of a dataset: in-memory tensors are sliced directly (fast); other datasets go
-    through a ``DataLoader``. Shuffling uses its own generator seeded from the run's seed."""
+    through a ``DataLoader``. Shuffling uses its own generator seeded from the run's seed: the k-th
+    iteration (epoch k, or the epoch given to :meth:`set_epoch`) is the k-th permutation it draws.
 
-    def __init__(self, ds: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> None:
+    ``world`` (several processes): ``batch_size`` is the global batch and each iteration yields this
+    process's shard of every global batch (:class:`~trainers.distributed.ShardSampler`; the shards of
+    all processes make up the batches of a single-process run); :meth:`shards` says which rows.
+    """
+
+    def __init__(self, ds: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                 world: World = World()) -> None:
         self.ds, self.batch_size, self.shuffle = ds, int(batch_size), shuffle
-        self.gen = torch.Generator().manual_seed(int(seed))
+        self.sampler = ShardSampler(ds, self.batch_size, num_replicas=world.size, rank=world.rank, shuffle=shuffle,
+                                    seed=seed)
+        self._next_epoch = 1
         self.tensors = ds.tensors if isinstance(ds, TensorDataset) else None
         self.loader = None if self.tensors is not None else DataLoader(
-            ds, batch_size=self.batch_size, shuffle=shuffle, generator=self.gen, num_workers=num_workers)
+            ds, batch_size=check_batch_size(self.batch_size, world), sampler=self.sampler, num_workers=num_workers,
+            generator=torch.Generator().manual_seed(int(seed)))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch ``epoch`` (1-based) of the shuffled order."""
+        self._next_epoch = int(epoch)
+
+    def shards(self) -> List[Shard]:
+        """This process's rows of every global batch of an epoch (the whole batch on one process)."""
+        return self.sampler.shards()
 
     def __len__(self) -> int:
         n = len(self.ds)  # type: ignore[arg-type]
         return (n + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(self._next_epoch)
+        self._next_epoch += 1
         if self.loader is not None:
             for x, y in self.loader:
                 yield x, torch.as_tensor(y).long()
             return
         x, y = self.tensors
-        n = len(y)
-        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
-        for i in range(0, n, self.batch_size):
-            idx = order[i:i + self.batch_size]
+        for idx in self.sampler.batches():
             yield x[idx], y[idx].long()
 
 
 @torch.no_grad()
-def evaluate(regime: Regime, batches: Batches, device: torch.device) -> Tuple[float, float]:
-    """(accuracy, mean CE loss) of ``regime.predict`` over ``batches`` in eval mode."""
+def evaluate(regime: Regime, batches: Batches, device: torch.device,
+             dp: Optional[DataParallel] = None) -> Tuple[float, float]:
+    """(accuracy, mean CE loss) of ``regime.predict`` over ``batches`` in eval mode; with ``dp`` on
+    several processes, ``batches`` is this process's part of the data and the sums are added up."""
     regime.eval()
     correct, loss_sum, n = 0, 0.0, 0
     for x, y in batches:
+        if len(y) == 0:
+            continue
         x, y = x.to(device), y.to(device)
         logits = regime.predict(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         n += len(y)
+    if dp is not None:
+        correct, loss_sum, n = dp.sum_values([correct, loss_sum, n])
     return correct / max(n, 1), loss_sum / max(n, 1)
 
 
@@ -179,7 +210,8 @@ class NonFiniteLossError(ValueError):
 
 
 def train(config: TrainConfig) -> List[Path]:
-    """Run ``config`` and return the checkpoint paths written (empty when ``config.out`` is None)."""
+    """Run ``config`` and return the checkpoint paths written (empty when ``config.out`` is None);
+    under ``torchrun`` every process trains its share and returns the paths rank 0 wrote."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
@@ -208,16 +240,32 @@ def _preset_record(config: TrainConfig) -> Optional[Dict[str, Any]]:
     return get_preset(config.preset).describe()
 
 
+def _check_data_parallel(config: TrainConfig, world: World) -> None:
+    """Refuse, before any process waits for another, what several processes cannot train."""
+    if not world.distributed:
+        return
+    issue = get_regime(config.regime).data_parallel_issue(config)
+    if issue:
+        raise ValueError(f"regime {config.regime!r} cannot train data-parallel on {world.size} processes "
+                         f"(torchrun): {issue}")
+    check_batch_size(config.batch_size, world)
+
+
 def _train(config: TrainConfig) -> List[Path]:
     config.validate()
     check_options(config)
-    device = resolve_device(config.device)
+    world = world_from_env()
+    device = process_device(resolve_device(config.device), world, config.device)
+    check_precision(config.precision, device)
+    _check_data_parallel(config, world)
     seed_everything(config.seed, config.deterministic)
     info = dataset_info(config.dataset)
     train_ds = _subset(load_dataset(config.dataset, "train", config.data_root, config.download),
                        config.subset, config.seed)
     test_n = config.test_subset if config.test_subset is not None else config.subset
     test_ds = _subset(load_dataset(config.dataset, "test", config.data_root, config.download), test_n, config.seed)
+    check_last_batch(len(train_ds), config.batch_size, world)
+    dp = distributed.init(world, device)  # several processes: from here on they wait for each other
 
     model_kwargs = _model_kwargs(config, info)
     try:
@@ -226,14 +274,19 @@ def _train(config: TrainConfig) -> List[Path]:
         raise ValueError(f"model {config.model!r} does not accept kwargs {sorted(config.model_kwargs)}: {err}; "
                          f"see its factory in infoplane.models for the valid ones") from None
     regime = get_regime(config.regime)(model, config, device)
+    if world.distributed:
+        dp.broadcast_modules(model, regime.heads)
+        regime.distribute(dp)
     total = regime.total_epochs()
     save_at = set(checkpoint_epochs(total, config.schedule, config.num_checkpoints))
 
-    train_batches = Batches(train_ds, config.batch_size, True, config.seed, config.num_workers)
-    train_eval = Batches(train_ds, config.eval_batch_size, False, config.seed, config.num_workers)
-    test_eval = Batches(test_ds, config.eval_batch_size, False, config.seed, config.num_workers)
+    train_batches = Batches(train_ds, config.batch_size, True, config.seed, config.num_workers, world)
+    train_eval = Batches(shard_dataset(train_ds, world), config.eval_batch_size, False, config.seed,
+                         config.num_workers)
+    test_eval = Batches(shard_dataset(test_ds, world), config.eval_batch_size, False, config.seed,
+                        config.num_workers)
 
-    out = prepare_out_dir(config.out, config.overwrite) if config.out is not None else None
+    out = dp.on_main(prepare_out_dir, config.out, config.overwrite) if config.out is not None else None
     dataset_record = dict(info.as_dict(), train_size=len(train_ds), test_size=len(test_ds))
     if out is not None:
         resolved = {"device": str(device), "total_epochs": total, "checkpoint_epochs": sorted(save_at),
@@ -244,30 +297,38 @@ def _train(config: TrainConfig) -> List[Path]:
         preset = _preset_record(config)
         if preset is not None:
             resolved["preset"] = preset
-        _atomic_write_text(out / "config.json", json.dumps({"config": used_config(config), "resolved": resolved},
-                                                           indent=2, default=str))
+        if world.distributed:
+            resolved["distributed"] = dict(dp.describe(), batch_size_per_process=config.batch_size // world.size)
+        dp.on_main(_atomic_write_text, out / "config.json",
+                   json.dumps({"config": used_config(config), "resolved": resolved}, indent=2, default=str))
 
     rows: List[Dict[str, Any]] = []
     paths: List[Path] = []
     step = 0
-    disable = None if config.progress else True
+    disable = None if config.progress and world.is_main else True
+
+    def write_epoch(epoch: int, row: Dict[str, Any]) -> Optional[Path]:
+        write_metrics_csv(out / "metrics.csv", rows)
+        if epoch in save_at or (epoch == 0 and config.save_init):
+            metrics = {k: v for k, v in row.items() if k != "epoch"}
+            return save_checkpoint(out / checkpoint_filename(epoch), model, model_name=config.model,
+                                   model_kwargs=model_kwargs, epoch=epoch, step=step, regime=regime.describe(),
+                                   dataset=dataset_record, metrics=metrics, seed=config.seed,
+                                   aux_state=regime.aux_state())
+        return None
 
     def finish_epoch(epoch: int, stats: Dict[str, float], lr: float, seconds: float) -> None:
         row: Dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "seconds": round(seconds, 4)}
         if config.eval_train:
-            row["train_acc"], row["train_loss"] = evaluate(regime, train_eval, device)
-        row["test_acc"], row["test_loss"] = evaluate(regime, test_eval, device)
+            row["train_acc"], row["train_loss"] = evaluate(regime, train_eval, device, dp)
+        row["test_acc"], row["test_loss"] = evaluate(regime, test_eval, device, dp)
         row.update({f"step_{k}": v for k, v in stats.items()})
         rows.append(row)
         if out is None:
             return
-        write_metrics_csv(out / "metrics.csv", rows)
-        if epoch in save_at or (epoch == 0 and config.save_init):
-            metrics = {k: v for k, v in row.items() if k != "epoch"}
-            paths.append(save_checkpoint(out / checkpoint_filename(epoch), model, model_name=config.model,
-                                         model_kwargs=model_kwargs, epoch=epoch, step=step,
-                                         regime=regime.describe(), dataset=dataset_record, metrics=metrics,
-                                         seed=config.seed, aux_state=regime.aux_state()))
+        path = dp.on_main(write_epoch, epoch, row)  # rank 0 writes; the others wait for it
+        if path is not None:
+            paths.append(path)
 
     finish_epoch(0, {}, regime.lr(), 0.0)
     bar = tqdm(range(1, total + 1), desc=f"{config.regime} {config.model}/{config.dataset}", disable=disable)
@@ -277,24 +338,31 @@ def _train(config: TrainConfig) -> List[Path]:
         lr = regime.lr()
         sums: Dict[str, float] = {}
         count = 0
-        for x, y in tqdm(train_batches, desc=f"epoch {epoch}", leave=False, disable=disable):
+        train_batches.set_epoch(epoch)
+        batches = zip(train_batches, train_batches.shards())
+        for (x, y), shard in tqdm(batches, total=len(train_batches), desc=f"epoch {epoch}", leave=False,
+                                  disable=disable):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            dp.begin_step(shard)  # this process's rows of the global batch (several processes)
             if config.train_augment != "none":
-                x = crop_flip(x, config.train_crop_pad, flip=config.train_augment == "crop-flip")
-            stats = regime.training_step(x, y)
+                x = crop_flip(x, config.train_crop_pad, flip=config.train_augment == "crop-flip", shard=shard)
+            with regime.precision.autocast():
+                stats = regime.training_step(x, y)
             if "loss" not in stats:
                 raise ValueError(f"regime {config.regime!r}: training_step must return a dict with key 'loss'")
+            stats = dp.reduce_stats(stats)  # means over the global batch
             if not config.allow_nonfinite and not math.isfinite(float(stats["loss"])):
                 raise NonFiniteLossError(
                     f"the training loss became {float(stats['loss'])} at epoch {epoch}, step {step + 1}; the "
                     f"checkpoints before this epoch are kept in {str(config.out)!r}. Lower --lr (it is "
                     f"{config.lr:g}) or check the data; --allow-nonfinite keeps training anyway")
-            n = len(y)
+            n = shard.total
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             count += n
             step += 1
         regime.on_epoch_end(epoch)
+        dp.average_batchnorm(model, regime.heads)  # several processes: running statistics of all shards
         finish_epoch(epoch, {k: v / max(count, 1) for k, v in sums.items()}, lr, time.perf_counter() - t0)
         bar.set_postfix(loss=f"{rows[-1].get('step_loss', float('nan')):.3f}", test_acc=f"{rows[-1]['test_acc']:.3f}")
     return paths

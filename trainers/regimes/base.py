@@ -1,12 +1,16 @@
 """The :class:`Regime` base class every training regime derives from (see ``trainers.regimes``)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..precision import Precision
+
+if TYPE_CHECKING:
+    from ..distributed import DataParallel, Shard
 
 
 def make_optimizer(config: TrainConfig, params: Iterable, epochs: int, model: Optional[nn.Module] = None
@@ -88,6 +92,16 @@ class Regime:
     Helpers: ``parameters_groups()`` (default: backbone + heads), ``configure_optimizers(epochs)``
     (fills ``self.optimizers``/``self.schedulers`` with :func:`make_optimizer`), ``step(loss)``
     (zero_grad, backward, step on every optimiser), ``train()`` / ``eval()``.
+
+    Precision and several processes (``torchrun``): a regime that steps its optimisers itself calls
+    ``self.backward(loss)`` and ``self.optimizer_step()`` (``step`` does both): the backward pass then
+    honours ``--precision`` (``self.precision``) and, on several processes, the gradients are averaged
+    over them before the step (``sync_gradients``). ``data_parallel_issue(config)`` says why a
+    configuration cannot train data-parallel (refused under ``torchrun``); ``distribute(dp)`` is
+    called with the run's :class:`~trainers.distributed.DataParallel` before the first step;
+    ``self.shard`` is this process's part of the current global batch (random draws per sample are
+    made for the whole batch and cut with ``shard.rows``), ``self.global_batch(...)`` gathers the
+    whole batch for a loss that compares samples with each other.
     """
 
     name: ClassVar[str] = ""
@@ -104,6 +118,13 @@ class Regime:
         """The options read in ``config``'s sub-mode (default: all of :attr:`options`)."""
         return None if cls.options is None else frozenset(cls.options)
 
+    @classmethod
+    def data_parallel_issue(cls, config: TrainConfig) -> Optional[str]:
+        """None when ``config`` trains data-parallel exactly as on one process; otherwise why not and
+        what to do instead (the run is refused under ``torchrun``). Default: None -- the losses are
+        means over the samples and the optimiser steps go through :meth:`optimizer_step`."""
+        return None
+
     def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device) -> None:
         self.model = model
         self.config = config
@@ -111,6 +132,32 @@ class Regime:
         self.heads = nn.ModuleDict()
         self.optimizers: List[torch.optim.Optimizer] = []
         self.schedulers: List[Any] = []
+        self.precision = Precision(config.precision, self.device)
+        self.data_parallel: Optional["DataParallel"] = None
+
+    # -- several processes --------------------------------------------------------------------
+    def distribute(self, dp: "DataParallel") -> None:
+        """Train on the processes of ``dp`` (called before the first step, with the model and heads
+        already identical on every process). Default: the gradients of every optimised parameter are
+        averaged in :meth:`optimizer_step`."""
+        self.data_parallel = dp
+
+    @property
+    def shard(self) -> Optional["Shard"]:
+        """This process's rows of the current global batch (None on one process)."""
+        return None if self.data_parallel is None else self.data_parallel.shard
+
+    def global_batch(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The whole global batch of ``tensors`` (see :meth:`DataParallel.global_batch`); on one
+        process ``tensors`` themselves."""
+        if self.data_parallel is None:
+            return tuple(tensors)
+        return self.data_parallel.global_batch(*tensors)
+
+    def sync_gradients(self) -> None:
+        """Average the gradients over the processes (nothing on one process)."""
+        if self.data_parallel is not None:
+            self.data_parallel.all_reduce_gradients(self.optimizers)
 
     # -- optimisation -------------------------------------------------------------------
     def parameters_groups(self) -> List[Dict[str, Any]]:
@@ -131,9 +178,17 @@ class Regime:
         """zero_grad, ``loss.backward()``, step every optimiser."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in self.optimizers:
-            opt.step()
+        self.backward(loss)
+        self.optimizer_step()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()`` as ``--precision`` asks (outside autocast; scaled with fp16)."""
+        self.precision.backward(loss)
+
+    def optimizer_step(self) -> None:
+        """Average the gradients over the processes, then step every optimiser."""
+        self.sync_gradients()
+        self.precision.step(self.optimizers)
 
     def step_local_losses(self, per_layer: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """One optimiser step on the sum of per-layer local losses; returns ``loss`` and ``loss_<layer>``."""

@@ -131,6 +131,7 @@ class ContSup(ModularRegime):
         out = self.heads[f"aux_{k}"](h)
         if self.contsup_loss == "softmax":
             return F.cross_entropy(out, y)
+        out, y = self.global_batch(out, y)  # the contrast spans the whole batch on several processes
         return infopro_contrast_loss(out, y, self.tau)
 
     def aux_state(self) -> Optional[Dict[str, Any]]:

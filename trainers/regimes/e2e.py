@@ -9,10 +9,13 @@ L2-normalised network output (its gradient never reaches the backbone).
 
 Options: ``loss``; with a contrastive loss also ``temperature``, ``probe_lr``, ``aug_views`` and,
 for noise-shift views, ``aug_noise`` / ``aug_crop_pad``.
+
+On several processes (``torchrun``) the CE regime trains through ``DistributedDataParallel``; the
+contrastive losses are refused there (:meth:`EndToEnd.data_parallel_issue`).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet
+from typing import Any, Dict, FrozenSet, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +39,18 @@ class EndToEnd(Regime):
             return frozenset({"loss"})
         return frozenset({"loss", "temperature", "probe_lr"} | view_options(config))
 
+    @classmethod
+    def data_parallel_issue(cls, config) -> Optional[str]:
+        if config.loss == "ce":
+            return None
+        return (f"--loss {config.loss} compares every sample of a mini-batch with the others, and its random views "
+                f"and their noise scale are drawn per batch, so each process, holding a part of the batch, would "
+                f"optimise a different loss; use --loss ce, or train on one process")
+
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
+        #: the module the training forward pass runs through (DistributedDataParallel on several processes)
+        self.net: nn.Module = model
         self.loss_name = config.loss
         if self.loss_name != "ce":
             c = int(model.num_classes)
@@ -53,10 +66,15 @@ class EndToEnd(Regime):
             groups.append({"params": list(self.heads.parameters()), "lr": self.config.probe_lr})
         return groups
 
+    def distribute(self, dp) -> None:
+        """DistributedDataParallel around the backbone: its gradient all-reduce overlaps the backward pass."""
+        super().distribute(dp)
+        self.net = dp.wrap(self.model)
+
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
         cfg = self.config
         if self.loss_name == "ce":
-            loss = losses.cross_entropy(self.model(x), y)
+            loss = losses.cross_entropy(self.net(x), y)
             self.step(loss)
             return {"loss": float(loss.detach())}
         n = x.shape[0]

@@ -32,6 +32,9 @@ records them so ``infoplane extract`` stores the normalised label-free path (neu
 
 Options (``regime_kwargs``): ``ff_label`` (onehot|prototype), ``ff_mode`` (sequential|simultaneous),
 ``ff_loss`` (reference|sum), ``ff_norm`` (l2|rms), ``threshold`` (2.0).
+
+On several processes (``torchrun``) the wrong labels are drawn for the whole global batch and the
+prototypes are updated with the whole global batch, as on one process.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from torch import nn
 
 from infoplane.inference.forward_forward import (FF_LABELS, FF_NORMS, Prototypes, embed_onehot, ff_normalize,
                                                  ff_scores, ff_spec, goodness, mean_goodness)
+from ..distributed import Shard
 from . import register_regime
 from .base import Regime, make_optimizer
 from .greedy import check_options
@@ -69,10 +73,14 @@ def ff_reference_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float
     return F.softplus(torch.cat([threshold - g_pos, g_neg - threshold])).mean()
 
 
-def wrong_labels(y: torch.Tensor, num_classes: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """A uniformly drawn label != y for every sample."""
-    shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
-    return (y + shift) % num_classes
+def wrong_labels(y: torch.Tensor, num_classes: int, generator: Optional[torch.Generator] = None,
+                 shard: Optional[Shard] = None) -> torch.Tensor:
+    """A uniformly drawn label != y for every sample. ``shard``: y is this process's part of a global
+    batch; the draw is made for the whole batch and cut to its rows (as one process draws them)."""
+    shift = torch.randint(1, num_classes, y.shape if shard is None else (shard.total,), generator=generator)
+    if shard is not None:
+        shift = shard.rows(shift)
+    return (y + shift.to(y.device)) % num_classes
 
 
 def _choice(kw: Dict[str, Any], option: str, allowed: Sequence[str]) -> str:
@@ -184,7 +192,7 @@ class ForwardForward(Regime):
     def local_losses(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Losses of the layers trained now (name -> scalar); earlier layers run without a graph."""
         first, last = self.trained_range()
-        y_neg = wrong_labels(y, self.num_classes, self.generator)
+        y_neg = wrong_labels(y, self.num_classes, self.generator, self.shard)
         n = x.shape[0]
         out: Dict[str, torch.Tensor] = {}
         if self.ff_label == "onehot":
@@ -199,7 +207,7 @@ class ForwardForward(Regime):
                 out[name] = self.layer_loss(h, n)
             return out
         protos = self.heads["prototypes"]
-        protos.update(x, y)
+        self._update_prototypes(protos, x, y)
         a_x, a_p = x, protos()
         for i, (name, layer) in enumerate(self.layers[:last + 1]):
             nx, np_ = ff_normalize(a_x.detach(), self.ff_norm), ff_normalize(a_p.detach(), self.ff_norm)
@@ -209,6 +217,17 @@ class ForwardForward(Regime):
                 with torch.no_grad():
                     a_x, a_p = layer(nx), layer(np_)
         return out
+
+    def _update_prototypes(self, protos: Prototypes, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add the batch to the running class means; on several processes the whole global batch."""
+        if self.data_parallel is None:
+            protos.update(x, y)
+            return
+        batch = Prototypes(self.num_classes, tuple(x.shape[1:])).to(protos.sums.device)
+        batch.update(x, y)
+        self.data_parallel.all_reduce_sum_(batch.sums, batch.counts)
+        protos.sums += batch.sums
+        protos.counts += batch.counts
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
         if self.ff_mode == "sequential" and self.stage is None:

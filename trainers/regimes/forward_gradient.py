@@ -12,6 +12,8 @@ is an unbiased estimate of grad f (E[v v^T] = I). The optimiser (``config.optimi
 steps with g in place of the backpropagated gradient. Option (``regime_kwargs``): ``directions``
 (average g over this many tangents per step, default 1, as in Baydin et al.).
 BatchNorm running statistics are updated from the primal (non-dual) batch statistics.
+On several processes (``torchrun``) every process draws the same tangents (the generator is seeded
+alike), so averaging the processes' g, weighted by their rows, gives g of the global batch.
 """
 from __future__ import annotations
 
@@ -89,6 +91,9 @@ class ForwardGradient(Regime):
         self.directions = int(config.regime_kwargs.get("directions", 1))
         if self.directions < 1:
             raise ValueError(f"directions must be >= 1, got {self.directions}")
+        if config.precision == "fp16":
+            raise ValueError("regime 'forward-gradient' takes its gradient from forward-mode AD, not from a backward "
+                             "pass, so fp16 gradient scaling cannot apply; use --precision bf16 or fp32")
         self.generator = torch.Generator(device="cpu").manual_seed(int(config.seed) + 104729)
         self.configure_optimizers()
 
@@ -100,8 +105,7 @@ class ForwardGradient(Regime):
             opt.zero_grad(set_to_none=True)
         for n, g in grads.items():
             named[n].grad = g
-        for opt in self.optimizers:
-            opt.step()
+        self.optimizer_step()  # on several processes: every process drew the same tangents; g averaged
         return {"loss": float(loss)}
 
     def describe(self) -> Dict[str, Any]:

@@ -19,7 +19,9 @@ async-only options are refused without ``async``.
 
 :class:`ModularRegime` is the shared base of greedy, dgl, infopro and contsup: subclasses add
 their auxiliary networks in :meth:`build_aux` and their loss in :meth:`local_loss`; ContSup also
-overrides :meth:`module_input` (the context supply).
+overrides :meth:`module_input` (the context supply). On several processes (``torchrun``) every
+module's gradients are averaged over the processes once, after the backward passes of all modules
+and before the optimiser step (``Regime.optimizer_step``).
 """
 from __future__ import annotations
 
@@ -150,7 +152,7 @@ class ModularRegime(Regime):
         """Module k's loss on its output h; with ``backward`` back-propagated at once and returned detached."""
         loss = self.module_loss(k, h, x, y)
         if backward:
-            loss.backward()
+            self.backward(loss)
             loss = loss.detach()
         return loss
 
@@ -216,8 +218,7 @@ class ModularRegime(Regime):
                 losses, _, _ = self.run(x, y, k, k + 1, h=h, inp=inp, backward=True)
         else:
             losses, _, _ = self.run(x, y, backward=True)
-        for opt in self.optimizers:
-            opt.step()
+        self.optimizer_step()  # on several processes: gradients averaged after every module's backward
         total = torch.stack([v.float() for v in losses.values()]).sum()
         stats = {"loss": float(total.detach())}
         stats.update({f"loss_m{k}": float(v.detach()) for k, v in losses.items()})

@@ -142,7 +142,8 @@ def reconstruction_loss(decoder: Decoder, h: torch.Tensor, target: torch.Tensor)
     """R_w(x | h): mean per-pixel BCE for images in [0, 1] (Wang et al. 2021 sec. 3.3), MSE otherwise."""
     out = decoder(h)
     if decoder.image:
-        return F.binary_cross_entropy(out.float(), target.float())
+        with torch.autocast(out.device.type, enabled=False):  # BCE is unsafe under autocast (--precision)
+            return F.binary_cross_entropy(out.float(), target.float())
     return F.mse_loss(out, target)
 
 
@@ -209,6 +210,7 @@ class InfoPro(ModularRegime):
         out = self.heads[f"aux_{k}"](h)
         if self.infopro_loss == "softmax":
             return F.cross_entropy(out, y)
+        out, y = self.global_batch(out, y)  # the contrast spans the whole batch on several processes
         return infopro_contrast_loss(out, y, self.tau, normalisation="anchor")
 
     def local_loss(self, k: int, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

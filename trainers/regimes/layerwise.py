@@ -21,6 +21,10 @@ Options (``options_for``): ``local_loss``, ``aux``, ``aux_max_features``, ``nhsi
 ``aux_hidden`` with mlp/mlp2 heads; ``proj_dim`` for supcon/sim heads; ``temperature`` and the view
 options for supcon; ``sp_topk`` for sp-hard; ``nhsic_target/sigma/eps`` when ``nhsic_lambda > 0``;
 ``epochs_per_layer`` for the sequential regime.
+
+On several processes (``torchrun``) the CE local loss trains data-parallel; the losses that compare
+the samples of a mini-batch with each other (supcon, sim, sp-hard / sp-soft) and the nHSIC term are
+refused there (:meth:`_LayerwiseBase.data_parallel_issue`).
 """
 from __future__ import annotations
 
@@ -85,6 +89,17 @@ class _LayerwiseBase(Regime):
         if float(config.nhsic_lambda) > 0:
             opts |= {"nhsic_target", "nhsic_sigma", "nhsic_eps"}
         return frozenset(opts & set(cls.options))
+
+    @classmethod
+    def data_parallel_issue(cls, config) -> Optional[str]:
+        if config.local_loss != "ce":
+            return (f"--local-loss {config.local_loss} compares the samples of a mini-batch with each other (and "
+                    f"draws its views or signals per batch), so each process, holding a part of the batch, would "
+                    f"optimise a different loss; use --local-loss ce, or train on one process")
+        if float(config.nhsic_lambda) > 0:
+            return ("--nhsic-lambda > 0 adds nHSIC, a kernel statistic of the whole mini-batch, which a process "
+                    "holding a part of the batch cannot compute; use --nhsic-lambda 0, or train on one process")
+        return None
 
     def __init__(self, model: nn.Module, config, device) -> None:
         super().__init__(model, config, device)
