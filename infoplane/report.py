@@ -33,6 +33,12 @@ estimators; else the shuffled-Z baseline b_t is the only chance reference).
 * IB signature of the last stored layer (Sakamoto & Sato 2024, title and sec. 5): x_falls = X compresses,
   y_holds = Y does not compress (each "cannot tell" when that verdict is); ib_signature =
   x_falls AND y_holds (a "no" in either decides "no").
+* I(X; T) of binning and kde depends on T alone (``PAIRING_FREE_X``): its chance level is 0, z_t =
+  v_t / noise, and a trajectory at the estimator's ceiling log m (peak and last within chance_z
+  noise) is "cannot tell" (saturated).
+* robustness (``estimators``): each claim under several estimators side by side; robust = the
+  verdict holds under every estimator trusted at the layer's dimension and the sample size
+  (``robustness_statistics``, ``infoplane.estimators.trust``).
 """
 from __future__ import annotations
 
@@ -56,7 +62,7 @@ STORE_SUFFIXES = (".h5", ".hdf5")
 NEURAL = ("decoder", "classifier", "linear-probe")
 
 __all__ = ["ReportConfig", "build_report", "collect_inputs", "trajectory_statistics",
-           "differentiation_statistics", "ib_signature", "read_estimates"]
+           "differentiation_statistics", "ib_signature", "read_estimates", "robustness_statistics"]
 
 
 @dataclass
@@ -69,6 +75,10 @@ class ReportConfig:
     reconstruct: held-out reconstruction examples per layer from each store's last checkpoint
     (Wang et al. 2021 Fig. 7; 0 = off). probe: run linear probes per layer on each store's last checkpoint
     when the tables hold none. decoder_epochs / probe_epochs / max_samples: budgets of those runs.
+    estimators: names (a list or one comma-separated string) whose verdicts are set side by side
+    per claim, with a "robust" column (the verdict holds under every estimator the benchmark with
+    known truth trusts at the layer's dimension and the sample size; ``robustness_statistics``);
+    None = no such section.
     """
     threshold: float = 2.0
     chance_z: float = 2.0
@@ -82,8 +92,16 @@ class ReportConfig:
     seed: int = 0
     progress: bool = True
     title: str = "infoplane report"
+    estimators: Optional[Sequence[str]] = None
 
     def validate(self) -> None:
+        if self.estimators is not None:
+            names = self.estimators.split(",") if isinstance(self.estimators, str) else list(self.estimators)
+            names = [str(e).strip().lower().replace("_", "-") for e in names if str(e).strip()]
+            if not names:
+                raise ValueError("estimators selects nothing; name at least one (e.g. --estimators "
+                                 "nhsic,renyi,binning), or leave the option out")
+            self.estimators = list(dict.fromkeys(names))
         if not float(self.threshold) > 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         if not float(self.chance_z) >= 0:
@@ -207,6 +225,10 @@ def _regime_name(regime: Any) -> str:
 
 # ----------------------------------------------------------------------------- statistics
 YES, NO, UNKNOWN = "yes", "no", "cannot tell"
+#: Estimators whose I(X; T) depends on T alone (kept equal to ``infoplane.estimators.trust.PAIRING_FREE_X``,
+#: not imported from there so that importing the report does not load torch).
+PAIRING_FREE_X = ("binning", "binning-adaptive", "kde")
+PAIRING_FREE_CHANCE = "zero (depends on T alone)"
 COMPRESSES, KEEPS, CANNOT_TELL = "compresses", "does not compress", "cannot tell"
 
 
@@ -249,7 +271,20 @@ def _scaled(sub: pd.DataFrame) -> Tuple[str, Dict[str, np.ndarray]]:
     return "raw", {"a": v, "s": std, "bs": bstd, "b": base}
 
 
-def _verdict_row(sub: pd.DataFrame, threshold: float, chance_z: float) -> Dict[str, Any]:
+def _samples_per_estimate(sub: pd.DataFrame) -> float:
+    """Samples behind each value: the minibatch size, or all samples of the full protocol (min over rows)."""
+    bs, ns = _col(sub, "batch_size"), _col(sub, "n_samples")
+    proto = sub["protocol"].astype(str).to_numpy() if "protocol" in sub.columns else np.full(len(sub), "")
+    m = np.where(proto == "full", ns, np.where(np.isfinite(bs), bs, ns))
+    m = m[np.isfinite(m)]
+    return float(m.min()) if len(m) else math.nan
+
+
+def _verdict_row(sub: pd.DataFrame, threshold: float, chance_z: float, pairing_free: bool = False) -> Dict[str, Any]:
+    """Statistics and verdict of one trajectory. ``pairing_free``: I(X; T) of an estimator that depends on
+    T alone (binning, kde; ``infoplane.estimators.trust.PAIRING_FREE_X``): its chance level is 0 (a
+    constant layer), not the shuffled baseline (which equals the value), and a value at the
+    estimator's ceiling log m is saturated."""
     sub = sub.sort_values("epoch", kind="stable")
     sub = sub[np.isfinite(_col(sub, "value"))].reset_index(drop=True)
     n = len(sub)
@@ -277,9 +312,23 @@ def _verdict_row(sub: pd.DataFrame, threshold: float, chance_z: float) -> Dict[s
         chance_last, chance_sd_last = float(_col(sub, "baseline")[i_last]), math.nan
     else:
         chance_src, z_peak, z_last, chance_last, chance_sd_last = "none", math.nan, math.nan, math.nan, math.nan
+    saturated, ceiling = False, math.nan
+    if pairing_free:
+        chance_src, chance_last, chance_sd_last = PAIRING_FREE_CHANCE, 0.0, math.nan
+        ok = math.isfinite(noise) and noise > 0
+        z_peak, z_last = (peak / noise, last / noise) if ok else (math.nan, math.nan)
+        m_est = _samples_per_estimate(sub)
+        if math.isfinite(m_est) and m_est >= 2:
+            ceiling = math.log(m_est)
+            tol = chance_z * noise if ok else 1e-9 * ceiling
+            saturated = scale == "raw" and ceiling - peak <= tol and ceiling - last <= tol
     unit = "null sd" if chance_src == "permutation null" else "noise units"
     if n < 3:
         verdict, reason = CANNOT_TELL, f"{n} checkpoint{'s' if n != 1 else ''}: a rise and a fall need at least 3"
+    elif saturated:
+        verdict, reason = CANNOT_TELL, (f"saturated: the peak and the last value are within {chance_z:g} noise units "
+                                        f"of the estimator's ceiling log m = {ceiling:.4g} (every sample its own "
+                                        "pattern), so a fall cannot show")
     elif not math.isfinite(noise):
         verdict, reason = CANNOT_TELL, ("estimation noise unknown: no minibatch sd (one batch, e.g. the full "
                                         "protocol) and no shuffled baseline")
@@ -315,8 +364,9 @@ def trajectory_statistics(df: pd.DataFrame, threshold: float = 2.0, chance_z: fl
     keys = ["run", "regime", "estimator", "layer", "target"]
     out = []
     for key, sub in df.groupby(keys, sort=False):
+        pairing_free = str(key[2]) in PAIRING_FREE_X and str(key[4]) == "x"
         out.append(dict(zip(keys, key)) | {"layer_index": int(sub["layer_index"].min())}
-                   | _verdict_row(sub, float(threshold), float(chance_z)))
+                   | _verdict_row(sub, float(threshold), float(chance_z), pairing_free))
     res = pd.DataFrame(out)
     if len(res):
         res = res.sort_values(["estimator", "run", "target", "layer_index"]).reset_index(drop=True)
@@ -420,6 +470,219 @@ def ib_signature(dyn: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
         row["layers_compressing_x"] = ", ".join(comp_x.sort_values("layer_index")["layer"]) or "-"
         out.append(row)
     return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------- robustness across estimators
+ROBUST_CLAIMS = ("compression", "differentiation", "ib_signature")
+_TAIL = ("n_trusted", "robust", "robust_verdict", "agreement", "reason")
+
+
+def _layer_dims(df: pd.DataFrame, stores: Sequence[Path] = ()) -> Dict[Tuple[str, str], Tuple[float, float]]:
+    """(run, layer) -> (dimension of the layer, dimension of the inputs), from the table's ``dim_z`` /
+    ``dim_x`` columns when it has them, else from the stores (given, or named in the ``store`` column)."""
+    dims: Dict[Tuple[str, str], Tuple[float, float]] = {}
+    if "dim_z" in df.columns:
+        for (run, layer), g in df.groupby(["run", "layer"], sort=False):
+            dz = _col(g, "dim_z")
+            dx = _col(g, "dim_x")
+            dz, dx = dz[np.isfinite(dz)], dx[np.isfinite(dx)]
+            if len(dz):
+                dims[(str(run), str(layer))] = (float(dz[0]), float(dx[0]) if len(dx) else math.nan)
+    paths = [Path(p) for p in stores]
+    if "store" in df.columns:
+        paths += [Path(str(p)) for p in df["store"].dropna().unique() if str(p) and Path(str(p)).is_file()]
+    from infoplane.store import ActivationStore
+
+    by_path: Dict[str, Dict[str, Tuple[float, float]]] = {}
+    by_run: Dict[str, Dict[str, Tuple[float, float]]] = {}
+    for sp in dict.fromkeys(paths):
+        try:
+            with ActivationStore(sp) as st:
+                ckpts = st.checkpoints()
+                if not ckpts:
+                    continue
+                dx = float(np.prod(st.inputs(np.arange(1)).shape[1:]))
+                layer_dims = {layer: (float(np.prod(st._layer_ds(ckpts[-1], layer).shape[1:])), dx)
+                              for layer in st.layers(ckpts[-1])}
+                a = st.checkpoint_attrs(ckpts[-1])
+                run = str(a.get("run") or _regime_name(a.get("regime", "")) or sp.stem)
+        except (OSError, ValueError, KeyError):
+            continue
+        by_path[str(sp)] = layer_dims
+        by_run.setdefault(run, layer_dims)
+    for (run, layer), g in df.groupby(["run", "layer"], sort=False):
+        key = (str(run), str(layer))
+        if key in dims:
+            continue
+        hit = None
+        if "store" in g.columns:
+            for p in g["store"].dropna().unique():
+                hit = by_path.get(str(Path(str(p)))) or hit
+        hit = hit or by_run.get(str(run))
+        if hit and str(layer) in hit:
+            dims[key] = hit[str(layer)]
+    return dims
+
+
+def _trust(estimator: str, target: str, dims: Tuple[float, float], n: float) -> Tuple[bool, float]:
+    from infoplane.estimators.trust import trust_dimension, trustworthy
+
+    dz, dx = dims
+    dim = trust_dimension(estimator, target, dz if math.isfinite(dz) else None,
+                          dx if math.isfinite(dx) else None)
+    if dim is None or not math.isfinite(n):
+        return False, math.nan
+    return trustworthy(estimator, dim, int(n), target), float(dim)
+
+
+def _robust(verdicts: Dict[str, str], trusted: Dict[str, bool], definite: Sequence[str]) -> Tuple[str, str, str]:
+    """(robust, robust_verdict, reason) from one claim's verdicts under each estimator."""
+    tv = {e: v for e, v in verdicts.items() if trusted.get(e)}
+    known = {v for v in tv.values() if v in definite}
+    if len(known) > 1:
+        parts = "; ".join(f"{e}: {v}" for e, v in tv.items())
+        return NO, "-", f"the trustworthy estimators disagree ({parts})"
+    if len(tv) < 2:
+        names = ", ".join(tv) or "none"
+        return UNKNOWN, "-", f"{len(tv)} trustworthy estimator{'s' if len(tv) != 1 else ''} ({names}); robustness needs 2"
+    unk = [e for e, v in tv.items() if v not in definite]
+    if unk:
+        return UNKNOWN, "-", "cannot tell under " + ", ".join(unk)
+    v = next(iter(known))
+    return YES, v, f"{v} under all {len(tv)} trustworthy estimators ({', '.join(tv)})"
+
+
+def _agreement(verdicts: Dict[str, str], order: Sequence[str]) -> str:
+    counts = {v: sum(1 for x in verdicts.values() if x == v) for v in order}
+    return ", ".join(f"{v} {c}" for v, c in counts.items() if c)
+
+
+def robustness_statistics(df: pd.DataFrame, estimators: Sequence[str], threshold: float = 2.0,
+                          chance_z: float = 2.0,
+                          dims: Optional[Dict[Tuple[str, str], Tuple[float, float]]] = None
+                          ) -> Dict[str, pd.DataFrame]:
+    """Each claim's verdict under every estimator, side by side, and whether it is robust.
+
+    Claims: ``compression`` (per run, layer, target: the verdict of :func:`trajectory_statistics`),
+    ``differentiation`` (per run, target: :func:`differentiation_statistics`) and ``ib_signature``
+    (per run: :func:`ib_signature`). Each estimator's verdict is read against chance as everywhere in
+    the report. ``dims``: (run, layer) -> (layer dimension, input dimension) (:func:`_layer_dims`);
+    trust comes from ``infoplane.estimators.trust.trustworthy`` at that dimension and the samples per
+    estimate (minibatch size, or all samples with the full protocol); a claim over several layers
+    needs trust at each, the IB signature on both targets. robust: "yes" when at least two trustworthy
+    estimators give the same definite verdict and none differs; "no" when two trustworthy estimators
+    give different definite verdicts; else "cannot tell". Returns {claim: DataFrame} with one column
+    per estimator (its verdict), ``trusted_<estimator>`` flags, ``n_trusted``, ``robust``,
+    ``robust_verdict``, ``agreement`` (counts over all estimators) and ``reason``.
+    """
+    dims = dims or {}
+    ests = list(dict.fromkeys(estimators))
+    sub = df[df["estimator"].isin(ests)]
+    dyn = trajectory_statistics(sub, threshold, chance_z)
+    n_of = {k: _samples_per_estimate(g) for k, g in _normalise_estimates(sub).groupby(
+        ["run", "regime", "estimator", "layer", "target"], sort=False)}
+    if len(dyn):
+        trust = [_trust(r.estimator, r.target, dims.get((str(r.run), str(r.layer)), (math.nan, math.nan)),
+                        n_of.get((r.run, r.regime, r.estimator, r.layer, r.target), math.nan))
+                 for r in dyn.itertuples()]
+        dyn["trusted"] = [t[0] for t in trust]
+        dyn["trust_dim"] = [t[1] for t in trust]
+        dyn["n_per_estimate"] = [n_of.get((r.run, r.regime, r.estimator, r.layer, r.target), math.nan)
+                                 for r in dyn.itertuples()]
+    out: Dict[str, pd.DataFrame] = {}
+
+    def finish(rows: List[Dict[str, Any]], definite: Sequence[str], order: Sequence[str]) -> pd.DataFrame:
+        for row in rows:
+            v = {e: row[e] for e in ests if e in row}
+            tr = {e: bool(row.get(f"trusted_{e}", False)) for e in ests}
+            row["n_trusted"] = int(sum(tr[e] for e in v))
+            row["robust"], row["robust_verdict"], row["reason"] = _robust(v, tr, definite)
+            row["agreement"] = _agreement(v, order)
+        frame = pd.DataFrame(rows)
+        per_est = [c for e in ests for c in (e, f"trusted_{e}", f"margin_{e}", f"dim_{e}", f"n_{e}")
+                   if c in frame.columns]
+        head = [c for c in frame.columns if c not in per_est and c not in _TAIL]
+        return frame[head + per_est + [c for c in _TAIL if c in frame.columns]]
+
+    rows = []
+    if len(dyn):
+        for (run, regime, layer, target), g in dyn.groupby(["run", "regime", "layer", "target"], sort=False):
+            row: Dict[str, Any] = {"claim": "compression", "run": run, "regime": regime, "layer": layer,
+                                   "layer_index": int(g["layer_index"].min()), "target": target}
+            for _, r in g.iterrows():
+                row[r["estimator"]] = r["verdict"]
+                row[f"trusted_{r['estimator']}"] = bool(r["trusted"])
+                row[f"margin_{r['estimator']}"] = r["margin"]
+                row[f"dim_{r['estimator']}"] = r["trust_dim"]
+                row[f"n_{r['estimator']}"] = r["n_per_estimate"]
+            rows.append(row)
+    comp = finish(rows, (COMPRESSES, KEEPS), (COMPRESSES, KEEPS, CANNOT_TELL))
+    if len(comp):
+        comp = comp.sort_values(["run", "target", "layer_index"], kind="stable").reset_index(drop=True)
+    out["compression"] = comp
+
+    rows = []
+    if len(dyn):
+        diffs = differentiation_statistics(sub, dyn, threshold)
+        for (run, regime, target), g in diffs.groupby(["run", "regime", "target"], sort=False):
+            row = {"claim": "differentiation", "run": run, "regime": regime, "layer": "all", "target": target}
+            for _, r in g.iterrows():
+                e = r["estimator"]
+                layers = dyn[(dyn["run"] == run) & (dyn["regime"] == regime) & (dyn["estimator"] == e)
+                             & (dyn["target"] == target)]
+                row[e] = r["differentiated"]
+                row[f"trusted_{e}"] = bool(len(layers) and layers["trusted"].all())
+            rows.append(row)
+    out["differentiation"] = finish(rows, (YES, NO), (YES, NO, UNKNOWN))
+
+    rows = []
+    if len(dyn):
+        ibs = ib_signature(dyn, threshold)
+        for (run, regime), g in ibs.groupby(["run", "regime"], sort=False):
+            row = {"claim": "ib_signature", "run": run, "regime": regime, "layer": str(g["layer"].iloc[0]),
+                   "target": "x, y"}
+            for _, r in g.iterrows():
+                e = r["estimator"]
+                last = dyn[(dyn["run"] == run) & (dyn["regime"] == regime) & (dyn["estimator"] == e)
+                           & (dyn["layer"] == r["layer"])]
+                row[e] = r["ib_signature"]
+                row[f"trusted_{e}"] = bool(set(last["target"]) >= {"x", "y"} and last["trusted"].all())
+            rows.append(row)
+    out["ib_signature"] = finish(rows, (YES, NO), (YES, NO, UNKNOWN))
+    return out
+
+
+def _robustness_markdown(rob: Dict[str, pd.DataFrame], estimators: Sequence[str], thr: float,
+                         cz: float) -> List[str]:
+    md = ["## Robustness across estimators", "",
+          f"Each claim's verdict under each estimator ({', '.join(f'`{e}`' for e in estimators)}), every verdict "
+          f"read against chance as above (a peak within {cz:g} noise units or null sd of chance, or an estimator "
+          "at its ceiling, is *cannot tell*). A verdict in parentheses comes from an estimator that the benchmark "
+          "with known truth does not trust at this dimension and sample size "
+          "(`infoplane.estimators.trust.trustworthy`; docs/estimators.md). **robust** = *yes* when at least two "
+          "trustworthy estimators give the same verdict and none differs, *no* when trustworthy estimators "
+          "disagree, else *cannot tell*; `agreement` counts the verdicts of all estimators, trusted or not.", ""]
+    titles = {"compression": "Compression per layer", "differentiation": "Layer-role differentiation",
+              "ib_signature": "IB signature of the last layer"}
+    for claim in ROBUST_CLAIMS:
+        df = rob.get(claim, pd.DataFrame())
+        md += [f"### {titles[claim]}", ""]
+        if not len(df):
+            md += ["No rows.", ""]
+            continue
+        shown = df.copy()
+        for e in estimators:
+            if e in shown.columns:
+                shown[e] = [("–" if not isinstance(v, str) else (v if t else f"({v})"))
+                            for v, t in zip(shown[e], shown.get(f"trusted_{e}", [False] * len(shown)))]
+        cols = ["run", "layer", "target"] + [e for e in estimators if e in shown.columns] + [
+            "n_trusted", "robust", "robust_verdict", "agreement"]
+        md += [_md_table(shown, cols), ""]
+        n_yes = int((df["robust"] == YES).sum())
+        n_no = int((df["robust"] == NO).sum())
+        md += [f"Robust: {n_yes} of {len(df)}; trustworthy estimators disagree: {n_no}; cannot tell: "
+               f"{len(df) - n_yes - n_no}.", ""]
+    return md
 
 
 # ----------------------------------------------------------------------------- store-based runs
@@ -679,7 +942,8 @@ def _scale_note(dyn: pd.DataFrame, thr: float, cz: float) -> List[str]:
     n_adj = int((dyn["scale"] == "adjusted").sum())
     n_null = int((dyn["chance_source"] == "permutation null").sum())
     n_base = int((dyn["chance_source"] == "shuffled baseline").sum())
-    n_none = n - n_null - n_base
+    n_free = int((dyn["chance_source"] == PAIRING_FREE_CHANCE).sum())
+    n_none = n - n_null - n_base - n_free
     lines = []
     if n_adj:
         lines.append(f"Scale: {n_adj} of {n} trajectories are judged on the chance-adjusted value `adjusted` = "
@@ -698,6 +962,12 @@ def _scale_note(dyn: pd.DataFrame, thr: float, cz: float) -> List[str]:
         lines.append(f"Chance level for {n_base} trajectories: the shuffled-Z baseline b (fallback); `chance_last` "
                      f"is b at the last checkpoint (raw units), z = (v − b)/noise on the trajectory's scale, and "
                      f"a peak with z_peak < {cz:g} gets no verdict.")
+    if n_free:
+        lines.append(f"Chance level for {n_free} trajectories: 0. They are I(X; T) of an estimator that depends on T "
+                     "alone (binning: H(T) of the binned layer for distinct inputs; kde: H(T) minus the noise "
+                     "entropy), so a shuffled baseline equals the value; I(X; T) = 0 only for a constant layer. "
+                     "z = value/noise, and a trajectory whose peak and last value sit within "
+                     f"{cz:g} noise units of the estimator's ceiling log m is saturated (*cannot tell*).")
     if n_none:
         lines.append(f"{n_none} trajectories have no chance level at all (no null columns, no baseline): no verdict.")
     lines.append(f"Verdicts: compresses when compression ≥ {thr:g}; margin = compression − {thr:g} (noise units "
@@ -746,6 +1016,9 @@ tables).
   layers with a verdict.
 - **IB signature** of the last stored layer: `x_falls` = X compresses, `y_holds` = Y does not
   compress (each *cannot tell* when its verdict is); `ib_signature` = both (*no* if either is no).
+- **binning / kde on X**: I(X; T) depends on T alone (a shuffled baseline equals it); its chance
+  level is 0 (a constant layer), z = value / noise, and a trajectory at the ceiling log m (peak and
+  last within {cz:g} noise units) is *cannot tell* (saturated).
 - **linear-probe**: held-out accuracy of a softmax-regression probe on the standardised layer
   (Sakamoto & Sato 2024 Fig. 1); train accuracy beside it. **decoder**: 1 − held-out per-pixel BCE of a decoder
   reconstructing the [0,1]-scaled input (Wang et al. 2021 app. G; a shifted lower bound on I(Z;X)).
@@ -881,6 +1154,16 @@ def build_report(inputs: Sequence[PathLike], out: PathLike, config: Optional[Rep
         md.append("")
     else:
         md += ["## Information planes", "", "No kernel-estimator rows in the tables.", ""]
+
+    if cfg.estimators:
+        missing = [e for e in cfg.estimators if e not in set(df["estimator"])]
+        if missing:
+            raise ValueError(f"--estimators names {', '.join(missing)}, not in the tables (present: "
+                             f"{', '.join(sorted(set(df['estimator'])))}); run `infoplane estimate --estimator NAME` "
+                             "on the stores and pass its CSV too, or drop the name")
+        rob = robustness_statistics(df, cfg.estimators, thr, cz, dims=_layer_dims(df, stores))
+        _write_csv(pd.concat(list(rob.values()), ignore_index=True), out / "robustness.csv")
+        md += _robustness_markdown(rob, cfg.estimators, thr, cz)
 
     md.append("## Probes and reconstructions per layer")
     md.append("")
