@@ -57,6 +57,26 @@ def finite_float(positive: bool = False):
     return parse
 
 
+def _params(items: Optional[List[str]]) -> Optional[dict]:
+    """``["bins=10", "scheme=equal-mass"]`` -> ``{"bins": 10, "scheme": "equal-mass"}`` (numbers,
+    true/false and null as JSON; anything else as text)."""
+    import json
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param {item!r}: write KEY=VALUE, e.g. --param bins=10")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out[key.strip()] = value
+    return out
+
+
 def _names(value: Optional[str]) -> Optional[List[str]]:
     return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 
@@ -177,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads per job (default: 1 for minibatches or several jobs, torch's default for "
                         "--full)")
+    s.add_argument("--param", action="append", default=None, metavar="KEY=VALUE",
+                   help="a parameter of the estimator over its default, e.g. --param bins=10 (repeatable; "
+                        "`infoplane estimators` lists each estimator's parameters)")
     s.add_argument("--jobs", type=int_at_least(1), default=1,
                    help="(checkpoint, layer) jobs run at once on this machine, e.g. the number of cores "
                         "(default: 1); values do not depend on it")
@@ -299,7 +322,7 @@ def _cmd_estimate(a) -> int:
                          sigma=a.sigma, tolerance=a.tolerance, baseline=a.baseline, seed=a.seed,
                          device=a.device, layers=_names(a.layers), checkpoints=_names(a.checkpoints),
                          distance=a.distance, progress=not a.no_progress, threads=a.threads,
-                         allow_incomplete=a.allow_incomplete, jobs=a.jobs, backend=a.backend,
+                         allow_incomplete=a.allow_incomplete, params=_params(a.param), jobs=a.jobs, backend=a.backend,
                          scheduler=a.scheduler, shard=a.shard)
     out = estimate_to_csv(a.store, a.out, cfg)
     df = pd.read_csv(out)
@@ -437,6 +460,15 @@ def _cmd_estimators(_a) -> int:
     for name in list_estimators():
         spec = get_estimator(name)
         print(f"{name:<15} {spec.kind:<8} {spec.description}")
+        extra = []
+        if spec.defaults:
+            extra.append("parameters (--param KEY=VALUE): "
+                         + ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items() if k != "eps"))
+        if tuple(spec.targets) != ("x", "y"):
+            extra.append(f"targets: {', '.join(spec.targets)} only")
+        for line in extra:
+            if not line.endswith(": "):
+                print(f"{'':<24} {line}")
     return 0
 
 

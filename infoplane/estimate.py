@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["run", "regime", "model", "dataset", "checkpoint", "epoch", "layer", "layer_index",
            "estimator", "target", "value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted",
-           "max_value", "baseline", "baseline_std", "error_bound", "rank_z", "rank_target", "protocol",
+           "max_value", "baseline", "baseline_std", "error_bound", "rank_z", "rank_target", "dim_z", "dim_target",
+           "protocol",
            "n_samples", "batch_size", "n_batches", "seconds", "eps", "sigma_rule", "distance", "seed",
            "store", "shard", "status"]
 
@@ -69,7 +70,8 @@ class EstimateConfig:
     threads, and oversubscribed threads were measured 20x slower on a busy 2-core machine) and
     torch's setting for ``full``. allow_incomplete: estimate the complete checkpoints of a store
     that also holds incomplete ones (they get a ``status`` row saying so); by default that is an
-    error naming them. jobs: (checkpoint, layer) jobs run at once; backend: "threads" (one
+    error naming them. params: parameters of the estimator over its defaults (e.g. ``{"bins": 10}``
+    for binning; ``infoplane estimators`` lists them). jobs: (checkpoint, layer) jobs run at once; backend: "threads" (one
     process, the store read once; kernel estimators spend their time in LAPACK/BLAS, which releases
     the GIL), "processes" (joblib's process pool, each worker opening the store) or "auto"
     (threads for kernel estimators, processes for the others). scheduler: the address of a Dask
@@ -93,6 +95,7 @@ class EstimateConfig:
     progress: bool = True
     threads: Optional[int] = None
     allow_incomplete: bool = False
+    params: Optional[Dict[str, Any]] = None
     jobs: int = 1
     backend: str = "auto"
     scheduler: Optional[str] = None
@@ -175,6 +178,7 @@ class _LayerReader:
         with self._lock:
             ds = store._layer_ds(ckpt, layer)
             self._all = None
+            self.dim = int(np.prod(ds.shape[1:]))
             if ds.size * ds.dtype.itemsize <= _READ_ALL_BYTES:
                 self._all = store.read(ckpt, layer)
         self._store, self._ckpt, self._layer = store, ckpt, layer
@@ -209,10 +213,6 @@ def _non_finite(reader: "_LayerReader") -> int:
             block = reader._store.read(reader._ckpt, reader._layer, rows=slice(start, start + step))
         bad += count(block)
     return bad
-
-
-class _NotApplicable(Exception):
-    """The estimator does not measure this target (e.g. a label-only estimator and X)."""
 
 
 class _Runner:
@@ -250,12 +250,21 @@ class _Runner:
         self.labels = store.labels()
         nc = (store.dataset or {}).get("num_classes")
         self.num_classes = int(nc) if nc else int(self.labels.max()) + 1
-        params: Dict[str, Any] = {}
+        params: Dict[str, Any] = dict(cfg.params or {})
+        if "eps" in params:
+            raise ValueError("set eps with --eps (EstimateConfig.eps), not as an estimator parameter")
         if "eps" in self.spec.defaults or self.spec.name == "nhsic":
             params["eps"] = float(cfg.eps)
         if self.kind == "neural":  # trained estimators: the run's seed, device and progress setting
             params.update(seed=int(cfg.seed), progress=bool(cfg.progress))
-        self.params = check_estimator_params(self.spec, params) if self.kind != "neural" else params
+        try:
+            self.params = check_estimator_params(self.spec, params) if self.kind != "neural" else params
+        except TypeError as e:
+            raise ValueError(f"--param: {e}") from None
+        self.targets = tuple(t for t in ("x", "y") if t in self.spec.targets)
+        self.sigma_rule = "" if self.kind != "kernel" else (
+            cfg.sigma if isinstance(cfg.sigma, str) else f"{float(cfg.sigma):g}")
+        self.dim_x = int(np.prod(self.inputs.shape[1:]))
         self.fast = self.spec.name == "nhsic"
         if cfg.tolerance is not None and not (self.fast and cfg.full):
             raise ValueError("--tolerance applies to full-sample nHSIC (--protocol full --estimator nhsic) only")
@@ -335,15 +344,10 @@ class _Runner:
                 cache[key], cache[("side", target)] = fz, ft   # this layer's extended factors
             return protocol.nhsic_factor_result(fz, ft, self.eps)
         z, t = reader.rows(zidx), self._target_data(target)
-        try:
-            return assess(z, t, self.spec, protocol=self.protocol, batch_size=self.m, sigma=self.cfg.sigma,
-                          kernel_x="rbf", kernel_y="rbf" if target == "x" else "label",
-                          distance=self.cfg.distance, num_classes=self.num_classes, device=self.device,
-                          **self.params)
-        except ValueError:
-            if target == "x" and self.kind != "kernel" and not shuffled:
-                raise _NotApplicable() from None
-            raise
+        return assess(z, t, self.spec, protocol=self.protocol, batch_size=self.m, sigma=self.cfg.sigma,
+                      kernel_x="rbf", kernel_y="rbf" if target == "x" else "label",
+                      distance=self.cfg.distance, num_classes=self.num_classes, device=self.device,
+                      **self.params)
 
 
 def _regime_name(regime: Any) -> str:
@@ -425,7 +429,8 @@ def _estimate(path: PathLike, cfg: EstimateConfig, finished: Optional[Mapping[tu
             ctx = _Context(store, cfg, path, runner)  # serial or threads: one open store, shared target sides
         for c in incomplete:
             a = store.checkpoint_attrs(c)
-            rows.append({**_base_row(path, _names_of(store), cfg, c, a, "", 0, "", runner.eps), "value": math.nan,
+            rows.append({**_base_row(path, _names_of(store), cfg, c, a, "", 0, "", runner.eps, runner.sigma_rule),
+                         "value": math.nan,
                          "status": f"skipped: incomplete ({int(a.get('rows_done', 0))} of {store.n_samples} rows)"})
         done: Dict[tuple, List[Dict[str, Any]]] = {}
         bar = tqdm(total=len(jobs), desc=f"estimate {cfg.estimator}", unit="layer",
@@ -451,8 +456,7 @@ def _names_of(store: ActivationStore) -> Tuple[str, str]:
 
 
 def _base_row(path: Path, names: Tuple[str, str], cfg: EstimateConfig, c: str, a: Dict[str, Any], name: str,
-              i: int, target: str, eps: float) -> Dict[str, Any]:
-    sigma_rule = cfg.sigma if isinstance(cfg.sigma, str) else f"{float(cfg.sigma):g}"
+              i: int, target: str, eps: float, sigma_rule: str = "") -> Dict[str, Any]:
     protocol = "full" if cfg.full else "minibatch"
     return {"run": a.get("run", ""), "regime": _regime_name(a.get("regime", "")),
             "model": names[0], "dataset": names[1],
@@ -498,15 +502,14 @@ class _Context:
         if n_bad:
             log.warning("%s: checkpoint %r, layer %r has %d non-finite activation(s) (NaN/inf); its rows are "
                         "marked and left without a value", path, c, name, n_bad)
-            return [{**_base_row(path, self.names, cfg, c, a, name, i, target, runner.eps), "value": math.nan,
-                     "status": f"non-finite activations ({n_bad} values)"} for target in ("x", "y")]
+            return [{**_base_row(path, self.names, cfg, c, a, name, i, target, runner.eps, runner.sigma_rule),
+                     "value": math.nan, "status": f"non-finite activations ({n_bad} values)"}
+                    for target in runner.targets]
         zcache: Dict[tuple, Any] = {}
-        for target in ("x", "y"):
+        dims = {"dim_z": reader.dim, "x": runner.dim_x, "y": runner.num_classes}
+        for target in runner.targets:     # a label-only estimator (the SNN loss) has no x row
             t0 = time.perf_counter()
-            try:
-                res = runner.result(reader, target, shuffled=False, cache=zcache)
-            except _NotApplicable:
-                continue  # e.g. a label-only estimator and target x: no row
+            res = runner.result(reader, target, shuffled=False, cache=zcache)
             if res.null_sd == 0.0:
                 side = ("the labels have a single class" if target == "y" and self.single_class
                         else "one side is constant in every batch (e.g. a dead layer)")
@@ -517,8 +520,9 @@ class _Context:
             d = res.to_dict()
             d.pop("estimator")
             d.pop("protocol")
-            row = _base_row(path, self.names, cfg, c, a, name, i, target, runner.eps)
+            row = _base_row(path, self.names, cfg, c, a, name, i, target, runner.eps, runner.sigma_rule)
             row.update(d)
+            row.update(dim_z=dims["dim_z"], dim_target=dims[target])
             row.update({"baseline": base.value if base is not None else math.nan,
                         "baseline_std": base.std if base is not None else math.nan,
                         "protocol": runner.protocol, "eps": runner.eps, "seconds": seconds, "status": OK})

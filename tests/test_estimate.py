@@ -226,3 +226,39 @@ def test_estimate_to_csv_streams_rows_and_resumes_after_an_interrupt(tmp_path, m
     est.resume_path(out).write_text('{"resume_key": {"store": "elsewhere"}}\n')
     est.estimate_to_csv(store, out, est.EstimateConfig(batch_size=10, progress=False))
     assert len(pd.read_csv(out)) == len(ref)
+
+
+def test_estimator_parameters_targets_and_extras(store, tmp_path):
+    path = store[0]
+    # --param reaches the estimator (binning with 2 bins differs from 30 bins), named errors otherwise
+    a = estimate_store(path, EstimateConfig(estimator="binning", batch_size=50, progress=False, params={"bins": 2}))
+    b = estimate_store(path, EstimateConfig(estimator="binning", batch_size=50, progress=False))
+    assert not np.allclose(a["value"], b["value"])
+    assert set(a["sigma_rule"]) == {""}                             # no bandwidth rule for a non-kernel estimator
+    with pytest.raises(ValueError, match="--param"):
+        estimate_store(path, EstimateConfig(estimator="binning", progress=False, params={"nbins": 2}))
+    with pytest.raises(ValueError, match="--eps"):
+        estimate_store(path, EstimateConfig(estimator="nhsic", progress=False, params={"eps": 1e-3}))
+    # a label-only estimator has no x rows; dims are recorded
+    snn = estimate_store(path, EstimateConfig(estimator="snn", batch_size=50, progress=False))
+    assert set(snn["target"]) == {"y"}
+    nh = estimate_store(path, EstimateConfig(batch_size=50, progress=False))
+    row = nh[(nh.layer == "noise") & (nh.target == "x")].iloc[0]
+    assert (row.dim_z, row.dim_target) == (4, 6)
+    assert nh[(nh.layer == "noise") & (nh.target == "y")].iloc[0].dim_target == 3
+    # extra fields of a samples estimator are averaged over the minibatches (kde's lower bound)
+    kde = estimate_store(path, EstimateConfig(estimator="kde", batch_size=50, progress=False))
+    assert "lower_bound" in kde.columns and kde["lower_bound"].notna().all()
+    assert (kde["lower_bound"] <= kde["value"] + 1e-9).all()
+
+
+def test_cli_param_option(store, tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "infoplane", "estimate", str(store[0]), "--estimator", "binning",
+            "--batch-size", "50", "--no-progress"]
+    ok = subprocess.run(base + ["--param", "bins=2", "--out", str(tmp_path / "a.csv")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(base + ["--param", "bins", "--out", str(tmp_path / "b.csv")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr

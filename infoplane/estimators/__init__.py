@@ -55,7 +55,7 @@ register_estimator("hsic-unbiased", "kernel", hsic_unbiased,
 register_estimator("snn", "samples", soft_nearest_neighbour_loss,
                    "soft nearest neighbour loss of z given integer labels y (Sakamoto & Sato 2024 eq. 30; "
                    "higher = more entangled classes)", {"temperature": "paper"},
-                   larger_is_dependent=False)
+                   larger_is_dependent=False, targets=("y",))
 # classic information-plane estimators (docs/estimators.md, "Classic estimators"); no analytic null:
 # `infoplane estimate` adds the shuffled-Z baseline
 register_estimator("binning", "samples", binning_information,

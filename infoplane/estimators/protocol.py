@@ -221,8 +221,13 @@ def assess(x: Any, y: Any, estimator: Union[str, EstimatorSpec] = "nhsic", *, pr
             kw["device"] = str(dev)
         if protocol == "minibatch" and spec.kind == "samples":
             b = _check_batch_size(batch_size, n)
-            vals = [_to_float(spec.fn(_rows(x, sl), _rows(y, sl), **kw)) for sl in _slices(n, b)]
-            return _result(spec.name, np.asarray(vals), n, b, "minibatch")
+            outs = [spec.fn(_rows(x, sl), _rows(y, sl), **kw) for sl in _slices(n, b)]
+            res = _result(spec.name, np.asarray([_to_float(o) for o in outs]), n, b, "minibatch")
+            if outs and all(isinstance(o, dict) for o in outs):   # extra fields: their mean over batches
+                keys = [k for k, v in outs[0].items() if k != "value" and isinstance(v, (int, float))
+                        and not isinstance(v, bool)]
+                res.extras = {k: float(np.mean([float(o[k]) for o in outs])) for k in keys}
+            return res
         out = spec.fn(x, y, **kw)
         res = _result(spec.name, np.asarray([_to_float(out)]), n, n, "full")
         if isinstance(out, dict):

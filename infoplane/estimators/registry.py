@@ -8,7 +8,7 @@ registered by ``infoplane.estimators.neural``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["EstimatorSpec", "register_estimator", "get_estimator", "list_estimators", "KINDS"]
 
@@ -23,6 +23,8 @@ class EstimatorSpec:
     the pairing permuted by ``p`` is ``s_K * s_L * sum(A_K * A_L[p][:, p])``; it lets permutation
     tests cost O(m^2) per permutation instead of re-running ``fn``. ``larger_is_dependent=False`` for
     scores that fall with dependence (the SNN loss): permutation p-values then count ``null <= value``.
+    ``targets``: what ``infoplane estimate`` pairs each layer with: ``("x", "y")`` (inputs and
+    labels) or one of them for an estimator that measures only that (the SNN loss needs labels).
     """
 
     name: str
@@ -32,12 +34,16 @@ class EstimatorSpec:
     defaults: Dict[str, Any] = field(default_factory=dict)
     null_prepare: Optional[Callable[..., Any]] = None
     larger_is_dependent: bool = True
+    targets: Tuple[str, ...] = ("x", "y")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"estimator {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}.")
         if not callable(self.fn):
             raise ValueError(f"estimator {self.name!r}: fn must be callable.")
+        if not self.targets or any(t not in ("x", "y") for t in self.targets):
+            raise ValueError(f"estimator {self.name!r}: targets must be a non-empty subset of ('x', 'y'), "
+                             f"got {self.targets!r}.")
 
 
 _REGISTRY: Dict[str, EstimatorSpec] = {}
@@ -49,7 +55,8 @@ def _key(name: str) -> str:
 
 def register_estimator(name: str, kind: str, fn: Optional[Callable[..., Any]] = None, description: str = "",
                        defaults: Optional[Dict[str, Any]] = None, *, null_prepare: Optional[Callable] = None,
-                       larger_is_dependent: bool = True, overwrite: bool = False) -> Any:
+                       larger_is_dependent: bool = True, targets: Tuple[str, ...] = ("x", "y"),
+                       overwrite: bool = False) -> Any:
     """Register ``fn`` under ``name`` (case-insensitive, '_' == '-'); usable as a decorator when fn is None.
 
     Re-registering an existing name raises ValueError unless ``overwrite=True``.
@@ -59,7 +66,7 @@ def register_estimator(name: str, kind: str, fn: Optional[Callable[..., Any]] = 
         if key in _REGISTRY and not overwrite:
             raise ValueError(f"estimator {key!r} is already registered; pass overwrite=True to replace it.")
         _REGISTRY[key] = EstimatorSpec(key, kind, f, description, dict(defaults or {}), null_prepare,
-                                      larger_is_dependent)
+                                      larger_is_dependent, tuple(targets))
         return f
 
     if fn is None:
