@@ -2,9 +2,11 @@
 
 docs/formats_store.md flow: checkpoints -> ``extract`` (forward hooks) -> activations.h5. The model is
 put in ``eval()`` mode and run under ``torch.no_grad()`` batch by batch; each batch's activations
-are written straight to the store (never the whole dataset in memory). One store per run; calling
+(optionally reduced, :mod:`infoplane.reduce`) are handed to a writer thread that stores them while
+the next batch is computed (never the whole dataset in memory). One store per run; calling
 ``extract`` again appends new checkpoints, skips those already complete (same sha256) and resumes
-an interrupted one from its last written batch.
+an interrupted one from its last written batch. Before the first row, the size of what is to be
+written is logged and checked against the free disk space (:class:`SizeEstimate`).
 
 Two forms, one function (docs/notebook.md): ``extract(checkpoints, ...)`` rebuilds each checkpoint
 file and runs it over the dataset it names (or over your data); ``extract(model, data, ...)`` runs
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import platform
+import shutil
 import sys
+import time
 import warnings
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -29,8 +35,9 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset
                               Subset, SubsetRandomSampler, TensorDataset, WeightedRandomSampler)
 
 from infoplane.estimators.protocol import MIN_SAMPLES
-from infoplane.hooks import LayerSpec, capture, resolve_layers, split_call_name
-from infoplane.store import ActivationStore, StoreError
+from infoplane.hooks import LayerSpec, _version, capture, resolve_layers, split_call_name
+from infoplane.reduce import ReductionError, Reducer, Reduction, parse_reduction
+from infoplane.store import ActivationStore, StoreError, compression_options
 
 PathLike = Union[str, Path]
 log = logging.getLogger(__name__)
@@ -379,9 +386,20 @@ class _Data:
         except TypeError:
             return None
 
+    def probe(self, k: int = 2) -> torch.Tensor:
+        """The inputs of the first ``k`` rows (at most), for a trial forward pass."""
+        if not self.is_loader:
+            return _stack([self.data[int(i)] for i in self.index[:k]], self.what)[0]
+        x, _ = _pair(next(iter(self.data)), self.what)
+        return _as_input(x, self.what)[:k]
+
     def batches(self, start: int = 0) -> Iterator[Tuple[int, torch.Tensor, np.ndarray]]:
         """``(row, x, y)`` batches covering rows ``[start, N)`` (a DataLoader: rows from 0, in its order)."""
         n = len(self.index)
+        if not self.is_loader and _plain_tensor_dataset(self.data):
+            for row, xb, yb in _tensor_batches(self.data, self.index, start, self.batch_size):
+                yield row, _as_input(xb, self.what), _labels(yb, self.what, len(xb))
+            return
         if not self.is_loader:
             rows = self.index[start:].tolist()
             loader = DataLoader(Subset(self.data, rows), batch_size=self.batch_size, shuffle=False,
@@ -440,8 +458,138 @@ def _user_data(data: Any, dataset_factory: Union[str, Callable[..., Any], None],
 # streaming one model state into the store
 # --------------------------------------------------------------------------------------------
 
+@dataclass
+class _Options:
+    """How rows are stored: storage dtype, NaN/inf policy, reduction, compression, chunk alignment."""
+
+    dtype: str = "float32"
+    allow_nonfinite: bool = False
+    reduction: Reduction = field(default_factory=Reduction)
+    reducer: Optional[Reducer] = None
+    compression: str = "none"
+    align: Optional[int] = None
+    force: bool = False
+    notify: Optional[Callable[[str], None]] = None
+
+    def __post_init__(self) -> None:
+        if self.reducer is None:
+            self.reducer = Reducer(self.reduction)
+
+
+#: written rows are flushed and counted in ``rows_done`` after about this many bytes, or seconds
+FLUSH_BYTES = 32 << 20
+FLUSH_SECONDS = 10.0
+#: write to the store on one background thread, overlapping the next batch's forward pass
+WRITE_IN_BACKGROUND = True
+#: a batch whose stored rows are larger than this is written before the next batch is computed
+#: (so that no more than one such batch is held besides the forward pass)
+BACKGROUND_MAX_BYTES = 1 << 30
+
+
+class _RowWriter:
+    """Writes one checkpoint's rows, a batch at a time, and raises ``rows_done``.
+
+    Each batch is handed over whole (its inputs and every layer); HDF5 is flushed and ``rows_done``
+    raised to the end of the last whole batch every :data:`FLUSH_BYTES` / :data:`FLUSH_SECONDS`
+    and at the end, always after the rows it counts were written, so it never claims a row that is
+    not in the file. With ``threaded`` the writes run on one background thread while the next
+    batch is computed (at most one batch waits or is being written); an error there is raised in
+    the caller at its next hand-over."""
+
+    def __init__(self, store: ActivationStore, cid: str, done: int, threaded: bool) -> None:
+        import queue
+        import threading
+
+        self.store, self.cid = store, cid
+        self.disk = self.written = int(done)
+        self.pending, self.since = 0, time.monotonic()
+        self.error: Optional[BaseException] = None
+        self._queue: Any = None
+        if threaded:
+            self._queue = queue.SimpleQueue()
+            self._slot = threading.Semaphore(1)
+            self._thread = threading.Thread(target=self._run, name="infoplane-extract-writer", daemon=True)
+            self._thread.start()
+
+    def put(self, end: Optional[int], writes: List[Callable[[], int]]) -> None:
+        """Hand over one batch: ``writes`` (each returns the bytes it wrote); ``end``: the row up to
+        which every layer is then written (None: inputs only)."""
+        if self._queue is None:
+            self._apply(end, writes)
+            return
+        self._slot.acquire()
+        if self.error is not None:
+            self._slot.release()
+            raise self.error
+        self._queue.put((end, writes))
+
+    def _apply(self, end: Optional[int], writes: List[Callable[[], int]]) -> None:
+        for w in writes:
+            self.pending += w()
+        if end is not None:
+            self.written = end
+        if self.pending >= FLUSH_BYTES or time.monotonic() - self.since >= FLUSH_SECONDS:
+            self._commit()
+
+    def _commit(self) -> None:
+        if self.written > self.disk:
+            self.store.flush()  # the rows first, then the count that claims them
+            self.store.set_rows_done(self.cid, self.written)
+            self.disk = self.written
+        self.pending, self.since = 0, time.monotonic()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                if self.error is None:
+                    self._apply(*item)
+            except BaseException as exc:  # handed to the caller at its next put / wait
+                self.error = exc
+            finally:
+                self._slot.release()
+
+    def wait(self) -> None:
+        """Until the batch handed over last is written; raises an error of the writer."""
+        if self._queue is not None:
+            self._slot.acquire()
+            self._slot.release()
+        if self.error is not None:
+            raise self.error
+
+    def _stop(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+
+    def finish(self) -> None:
+        """Write what is left, flush, raise ``rows_done`` to the last row; stop the thread."""
+        try:
+            self.wait()
+            self._commit()
+        finally:
+            self._stop()
+
+    def abort(self) -> None:
+        """After an error or an interruption: keep the whole batches written so far (flush and
+        raise ``rows_done`` to them, where the group still exists); stop the thread."""
+        try:
+            if self._queue is not None:
+                self._slot.acquire()
+                self._slot.release()
+            if self.written > self.disk and self.cid in self.store.checkpoints(include_incomplete=True):
+                self._commit()
+        except Exception:  # pragma: no cover - never hide the original error
+            pass
+        finally:
+            self._stop()
+
+
 def _stream(store: ActivationStore, cid: str, model: nn.Module, names: List[str], batches: Any, done: int,
-            write_inputs: bool, verify: Optional[_Data], device: torch.device, dtype: str, allow_nonfinite: bool,
+            write_inputs: bool, verify: Optional[_Data], device: torch.device, opts: _Options,
             source: str, state_dict: Any, progress: bool, total: Optional[int] = None,
             discard_empty: bool = False) -> None:
     """Run ``model`` over ``batches`` (``(row, x, y)``) and write the layers' rows from ``done`` on.
@@ -453,8 +601,8 @@ def _stream(store: ActivationStore, cid: str, model: nn.Module, names: List[str]
     without a row by any error, so that a failed first attempt does not pin the store's samples. An
     interruption (Ctrl-C) keeps the group for the next call to continue."""
     try:
-        _stream_rows(store, cid, model, names, batches, done, write_inputs, verify, device, dtype,
-                     allow_nonfinite, source, state_dict, progress, total)
+        _stream_rows(store, cid, model, names, batches, done, write_inputs, verify, device, opts, source,
+                     state_dict, progress, total)
     except Exception as exc:
         try:
             if cid in store.checkpoints(include_incomplete=True) and cid not in store.checkpoints():
@@ -466,40 +614,244 @@ def _stream(store: ActivationStore, cid: str, model: nn.Module, names: List[str]
         raise
 
 
+def _floating_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
 def _stream_rows(store: ActivationStore, cid: str, model: nn.Module, names: List[str], batches: Any, done: int,
-                 write_inputs: bool, verify: Optional[_Data], device: torch.device, dtype: str,
-                 allow_nonfinite: bool, source: str, state_dict: Any, progress: bool, total: Optional[int]) -> None:
+                 write_inputs: bool, verify: Optional[_Data], device: torch.device, opts: _Options, source: str,
+                 state_dict: Any, progress: bool, total: Optional[int]) -> None:
+    """The streaming loop. Hooks keep each layer's output without a copy (``capture(copy="auto")``:
+    a batch whose kept output an in-place operation changed is run again with that output cloned),
+    reduce it and cast it to the storage dtype on the model's device; :class:`_RowWriter` writes
+    the batch (chunks aligned with the batch size) while the next one is computed, and raises
+    ``rows_done`` only over rows in the file. On an error or an interruption the rows of every
+    whole batch written are kept."""
     from tqdm.auto import tqdm
 
     # floating inputs in the model's floating dtype (numpy data often arrives as float64)
-    want = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    with torch.no_grad(), capture(model, names) as acts:
-        bar = tqdm(batches, desc=f"extract {cid}", unit="batch", leave=False, total=total,
-                   disable=None if progress else True)
-        for row, xb, yb in bar:
-            b = xb.shape[0]
-            if verify is not None:
-                _check_rows(store, verify, row, xb, yb, write_inputs)
-            if write_inputs:
-                store.write_inputs(row, xb.detach().cpu().numpy())
-            if row + b > done:
+    want = _floating_dtype(model)
+    tdt = torch.float16 if opts.dtype == "float16" else torch.float32
+    reducer = opts.reducer
+    transform = reducer if reducer is not None and reducer.active else None
+    layer_attrs: Dict[str, Dict[str, Any]] = {}
+    expected: Optional[List[str]] = None
+    writer = _RowWriter(store, cid, done, threaded=WRITE_IN_BACKGROUND)
+
+    def inputs_write(row: int, xs: np.ndarray) -> Callable[[], int]:
+        def run() -> int:
+            store.write_inputs(row, xs)
+            return xs.nbytes
+        return run
+
+    def layer_write(lname: str, start: int, arr: np.ndarray, order: int, bad: int) -> Callable[[], int]:
+        path_, call = split_call_name(lname)
+        attrs = layer_attrs[lname]
+
+        def run() -> int:
+            store.write_layer_rows(cid, lname, start, arr, dtype=opts.dtype, module_path=path_, call_index=call,
+                                   order=order, row_align=opts.align, compression=opts.compression,
+                                   nonfinite=bad, attrs=attrs)
+            return arr.nbytes
+        return run
+
+    try:
+        with torch.no_grad(), capture(model, names, copy="auto", transform=transform) as acts:
+            bar = tqdm(batches, desc=f"extract {cid}", unit="batch", leave=False, total=total,
+                       disable=None if progress else True)
+            for row, xb, yb in bar:
+                b = xb.shape[0]
+                if verify is not None:
+                    _check_rows(store, verify, row, xb, yb, write_inputs)
+                writes: List[Callable[[], int]] = []
+                if write_inputs:  # a copy: the model may change its input in place
+                    writes.append(inputs_write(row, np.array(xb.detach().cpu().numpy())))
+                if row + b <= done:
+                    writer.put(None, writes)
+                    continue
                 xin = xb.to(device)
-                model(xin.to(want) if want is not None and xin.is_floating_point() else xin)
+                xin = xin.to(want) if want is not None and xin.is_floating_point() else xin
+                v_in = _version(xin)
+                model(xin)
+                while not acts.intact():  # an in-place op changed a kept output: again, cloning it
+                    if _version(xin) != v_in:
+                        raise RuntimeError(
+                            f"{source}: an in-place operation changed the output of a chosen layer in rows {row}.."
+                            f"{row + b - 1}, and the model also changes its input in place, so that batch cannot be "
+                            "run again to store the layer's own values. Choose layers whose outputs are not "
+                            "changed in place (--layers), or make those operations out of place")
+                    model(xin)
                 if not acts:
                     raise ValueError(f"none of the layers {names} ran in the forward pass of {source}")
+                if expected is None:
+                    expected = list(acts)
+                elif list(acts) != expected:
+                    raise ValueError(f"{source}: the layers that ran differ between batches ({expected} in the first, "
+                                     f"{list(acts)} at rows {row}..{row + b - 1}); a store needs every layer for "
+                                     "every sample, so choose layers that run on every input with --layers")
+                s = max(done - row, 0)
+                nbytes = 0
                 for order, (lname, z) in enumerate(acts.items()):
-                    path_, call = split_call_name(lname)
-                    s = max(done - row, 0)
-                    bad = store.write_layer_rows(cid, lname, row + s, z[s:].float().cpu().numpy(),
-                                                 dtype=dtype, module_path=path_, call_index=call, order=order)
-                    if bad and not allow_nonfinite:
-                        store.discard_checkpoint(cid)
-                        raise NonFiniteActivationError(_nonfinite_message(
-                            source, lname, bad, row + s, z[s:], dtype, state_dict))
-                    if bad:
-                        log.warning("%s, layer %s: %d row(s) with NaN/inf stored (allow_nonfinite); "
-                                    "estimate marks the layer", source, lname, bad)
-                store.set_rows_done(cid, row + b)
+                    zs = z[s:] if s else z
+                    stored = zs if zs.dtype == tdt else zs.to(tdt)
+                    bad = 0
+                    # one sum tells whether any value is NaN/inf (a float32 sum overflows only past 3e38,
+                    # and then the exact count below finds nothing): far cheaper than isfinite per value
+                    if not bool(torch.isfinite(stored.sum(dtype=torch.float32))):
+                        bad = int((~torch.isfinite(stored.reshape(stored.shape[0], -1))).any(dim=1).sum())
+                        if bad and not opts.allow_nonfinite:
+                            writer.abort()
+                            store.discard_checkpoint(cid)
+                            raise NonFiniteActivationError(_nonfinite_message(
+                                source, lname, bad, row + s, zs.float(), opts.dtype, state_dict))
+                        if bad:
+                            log.warning("%s, layer %s: %d row(s) with NaN/inf stored (allow_nonfinite); "
+                                        "estimate marks the layer", source, lname, bad)
+                    arr = stored.cpu().numpy()
+                    if not arr.flags.c_contiguous:
+                        arr = np.ascontiguousarray(arr)
+                    if lname not in layer_attrs:
+                        layer_attrs[lname] = _layer_attrs(reducer, lname)
+                    writes.append(layer_write(lname, row + s, arr, order, bad))
+                    nbytes += arr.nbytes
+                writer.put(row + b, writes)
+                if nbytes > BACKGROUND_MAX_BYTES:
+                    writer.wait()
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _layer_attrs(reducer: Optional[Reducer], name: str) -> Dict[str, Any]:
+    """Attributes of a new layer dataset: the reduction record and the module's own row shape."""
+    if reducer is None or not reducer.active:
+        return {}
+    plan = reducer.for_layer(name)
+    return {"reduction": plan.record(), "original_shape": np.asarray(plan.in_shape, dtype=np.int64)}
+
+
+def _probe_shapes(model: nn.Module, names: List[str], inputs: Callable[[int], torch.Tensor], batch_size: int,
+                  device: torch.device, opts: _Options, source: str) -> Dict[str, Tuple[int, ...]]:
+    """Stored row shape of every layer (after the reduction), from a trial forward pass on the first
+    two samples (``inputs(k)``: the inputs of the first k rows), or on a whole first batch when the
+    model does not take two. Plans the reduction of every layer, so that a reduction that cannot
+    apply fails here, before anything is written."""
+    want = _floating_dtype(model)
+    reducer = opts.reducer
+    transform = reducer if reducer is not None and reducer.active else None
+
+    def run(k: int) -> Dict[str, Tuple[int, ...]]:
+        xin = inputs(k).to(device)
+        xin = xin.to(want) if want is not None and xin.is_floating_point() else xin
+        with torch.no_grad(), capture(model, names, transform=transform) as acts:
+            model(xin)
+            return {name: tuple(int(d) for d in z.shape[1:]) for name, z in acts.items()}
+
+    try:
+        shapes = run(2)
+    except ReductionError:
+        raise
+    except Exception:
+        if batch_size <= 2:
+            raise
+        shapes = run(batch_size)  # e.g. a model that takes whole batches only
+    if not shapes:
+        raise ValueError(f"none of the layers {names} ran in the forward pass of {source}")
+    return shapes
+
+
+# --------------------------------------------------------------------------------------------
+# the size of a store before it is written
+# --------------------------------------------------------------------------------------------
+
+class DiskSpaceError(OSError):
+    """The store would not fit on the disk it is written to (see :class:`SizeEstimate`)."""
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(nbytes) < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TiB"  # pragma: no cover
+
+
+@dataclass
+class SizeEstimate:
+    """What an extraction will write: ``layer_bytes`` per sample of each layer (after the reduction,
+    in the storage dtype) x ``n_samples`` x ``checkpoints``, plus ``input_bytes`` (the inputs, when
+    the store does not hold them yet); uncompressed. ``free_bytes``: free space where it goes."""
+
+    out: str
+    layer_bytes: Dict[str, int]
+    n_samples: int
+    checkpoints: int
+    input_bytes: int
+    free_bytes: Optional[int]
+    dtype: str = "float32"
+    reduction: str = "none"
+    compression: str = "none"
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes per sample and checkpoint, all layers."""
+        return int(sum(self.layer_bytes.values()))
+
+    @property
+    def total_bytes(self) -> int:
+        return self.sample_bytes * self.n_samples * self.checkpoints + self.input_bytes
+
+    def detail(self) -> str:
+        """How the total comes about: checkpoints x samples x bytes per sample (+ inputs)."""
+        parts = [f"{self.checkpoints} checkpoint(s) x {self.n_samples} samples x {_human(self.sample_bytes)} per "
+                 f"sample ({len(self.layer_bytes)} layers, {self.dtype}, --reduce {self.reduction})"]
+        if self.input_bytes:
+            parts.append(f"inputs {_human(self.input_bytes)}")
+        return " + ".join(parts)
+
+    def line(self) -> str:
+        """One line: the total, how it comes about and the free space."""
+        comp = "" if self.compression == "none" else f" before {self.compression} compression"
+        free = "" if self.free_bytes is None else f"; {_human(self.free_bytes)} free there"
+        return f"about {_human(self.total_bytes)} to write to {self.out}{comp}: {self.detail()}{free}"
+
+    def largest(self, k: int = 3) -> str:
+        top = sorted(self.layer_bytes.items(), key=lambda kv: -kv[1])[:k]
+        return ", ".join(f"{n} {_human(v)}" for n, v in top)
+
+
+def _free_bytes(out: Path) -> Optional[int]:
+    where = out.resolve().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        return int(shutil.disk_usage(where).free)
+    except OSError:
+        return None
+
+
+def _size_check(out: Path, shapes: Dict[str, Tuple[int, ...]], n_samples: int, checkpoints: int,
+                input_bytes: int, opts: _Options) -> SizeEstimate:
+    """Log the size estimate (and pass its line to ``opts.notify``); a :class:`DiskSpaceError`
+    when it exceeds the free disk space at ``out`` and ``opts.force`` is off."""
+    item = 2 if opts.dtype == "float16" else 4
+    est = SizeEstimate(out=str(out), layer_bytes={n: int(math.prod(sh)) * item for n, sh in shapes.items()},
+                       n_samples=int(n_samples), checkpoints=int(checkpoints), input_bytes=int(input_bytes),
+                       free_bytes=_free_bytes(out), dtype=opts.dtype, reduction=opts.reduction.spec,
+                       compression=opts.compression)
+    line = est.line()
+    log.info("extract: %s", line)
+    if opts.notify is not None:
+        opts.notify(line)
+    if est.free_bytes is not None and est.total_bytes > est.free_bytes and not opts.force:
+        raise DiskSpaceError(
+            f"the store would need about {_human(est.total_bytes)} ({est.detail()}; "
+            f"largest layers: {est.largest()}) but only {_human(est.free_bytes)} is free at {out.resolve().parent}. "
+            "Shrink it with --reduce avgpool, --reduce flatten-max:D or --reduce random-projection:D, --dtype "
+            "float16, --compression lzf or gzip, fewer --layers or --samples; or pass --force to extract anyway "
+            "(library: reduce=, dtype=, compression=, layers=, samples=, force=True)")
+    return est
 
 
 def _check_labels(store: ActivationStore, data: _Data) -> None:
@@ -535,7 +887,9 @@ def extract(source: Union[nn.Module, PathLike, Sequence[PathLike]], data: Option
             model_factory: Optional[str] = None, progress: bool = True, command: Optional[str] = None,
             allow_nonfinite: bool = False, *, epoch: Optional[int] = None, name: Optional[str] = None,
             dataset_factory: Union[str, Callable[..., Any], None] = None,
-            image_folder: Optional[PathLike] = None) -> Path:
+            image_folder: Optional[PathLike] = None, reduce: Union[str, Reduction, None] = "none",
+            reduce_seed: int = 0, compression: str = "none", force: bool = False,
+            notify: Optional[Callable[[str], None]] = None) -> Path:
     """Extract activations of ``layers`` into the store ``out``: of checkpoints, or of a model object.
 
     **Checkpoints** (``source``: one ``.pt`` file of format ``infoplane.checkpoint/1`` or several of
@@ -584,12 +938,28 @@ def extract(source: Union[nn.Module, PathLike, Sequence[PathLike]], data: Option
     the model's own device for a model).
     allow_nonfinite: store NaN/inf activations (the layer's ``nonfinite_rows`` attribute counts
     them) instead of raising :class:`NonFiniteActivationError`, which names the checkpoint, layer
-    and rows and keeps nothing of that checkpoint. Returns the store path.
+    and rows and keeps nothing of that checkpoint.
+
+    reduce: what is kept of each layer (:mod:`infoplane.reduce`): ``"none"``, ``"avgpool"`` (a
+    ``(C, H, W)`` map -> its ``C`` spatial means), ``"flatten-max:D"`` (layers of at most ``D``
+    values as they are, larger maps adaptive-average-pooled to a grid of at most ``D`` values) or
+    ``"random-projection:D"`` (larger layers -> ``D`` values by a seeded Gaussian projection,
+    ``reduce_seed``, the same matrix for every checkpoint). A store keeps one reduction: appending
+    with another is a :class:`StoreError`. compression: ``"none"``, ``"lzf"`` or ``"gzip"`` (level
+    4), with the byte-shuffle filter; recorded per checkpoint. Before the first row is written, the
+    size of what will be written (bytes per sample of each layer after the reduction x samples x
+    checkpoints still to extract, plus the inputs) is logged (INFO) and passed to ``notify`` as one
+    line; when it exceeds the free disk space at ``out`` it is a :class:`DiskSpaceError` naming the
+    options that shrink it, unless ``force``. Returns the store path.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    reduction = parse_reduction(reduce, reduce_seed)
+    compression_options(compression)
+    opts = _Options(dtype=dtype, allow_nonfinite=bool(allow_nonfinite), reduction=reduction,
+                    compression=str(compression), align=int(batch_size), force=bool(force), notify=notify)
     if isinstance(source, nn.Module):
         if model_factory is not None:
             raise ValueError("model_factory rebuilds the model of a checkpoint file; with a model object it has "
@@ -598,9 +968,10 @@ def extract(source: Union[nn.Module, PathLike, Sequence[PathLike]], data: Option
         if user is None:
             raise TypeError("a model needs data: pass data= a Dataset or DataLoader yielding (x, y), or (x, y) arrays; "
                             "or dataset_factory= / image_folder=")
-        return _extract_model(source, user, layers=layers, out=Path(out), split=split, dtype=dtype, device=device,
-                              progress=progress, command=command, allow_nonfinite=allow_nonfinite, epoch=epoch,
-                              name=name)
+        if user.is_loader:
+            opts.align = getattr(user.data, "batch_size", None)
+        return _extract_model(source, user, layers=layers, out=Path(out), split=split, opts=opts, device=device,
+                              progress=progress, command=command, epoch=epoch, name=name)
     if isinstance(source, (Dataset, DataLoader)):
         raise TypeError(f"the first argument is the model or the checkpoints, the second the data; got a "
                         f"{type(source).__name__} first")
@@ -618,16 +989,18 @@ def extract(source: Union[nn.Module, PathLike, Sequence[PathLike]], data: Option
         if not p.exists():
             raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     user = _user_data(data, dataset_factory, image_folder, split, data_root, samples, int(batch_size))
+    if user is not None and user.is_loader:
+        opts.align = getattr(user.data, "batch_size", None)
     return _extract_checkpoints(paths, user, layers=layers, out=Path(out), split=split, samples=samples,
-                                batch_size=int(batch_size), dtype=dtype, data_root=data_root,
+                                batch_size=int(batch_size), opts=opts, data_root=data_root,
                                 device=device if device is not None else "cpu", model_factory=model_factory,
-                                progress=progress, command=command, allow_nonfinite=allow_nonfinite)
+                                progress=progress, command=command)
 
 
 def _extract_checkpoints(paths: List[Path], user: Optional[_Data], *, layers: LayerSpec, out: Path, split: str,
-                         samples: Union[None, int, Sequence[int]], batch_size: int, dtype: str, data_root: PathLike,
-                         device: Union[str, torch.device], model_factory: Optional[str], progress: bool,
-                         command: Optional[str], allow_nonfinite: bool) -> Path:
+                         samples: Union[None, int, Sequence[int]], batch_size: int, opts: _Options,
+                         data_root: PathLike, device: Union[str, torch.device], model_factory: Optional[str],
+                         progress: bool, command: Optional[str]) -> Path:
     from tqdm.auto import tqdm
 
     from infoplane.checkpoint import load_checkpoint
@@ -636,9 +1009,13 @@ def _extract_checkpoints(paths: List[Path], user: Optional[_Data], *, layers: La
 
     device = resolve_device(device)
     store: Optional[ActivationStore] = None
+    created = False
+    checked = False
     datasets: Dict[str, Any] = {}
+    dtype = opts.dtype
     try:
-        for ck_path in tqdm(paths, desc="checkpoints", unit="ckpt", disable=None if progress else True):
+        for i_ck, ck_path in enumerate(tqdm(paths, desc="checkpoints", unit="ckpt",
+                                            disable=None if progress else True)):
             ck = load_checkpoint(ck_path)
             ds_meta = dict(ck.dataset or {})
             ds_name = ds_meta.get("name")
@@ -673,17 +1050,20 @@ def _extract_checkpoints(paths: List[Path], user: Optional[_Data], *, layers: La
 
             if store is None:
                 shape = user.input_shape if user is not None else tuple(torch.as_tensor(ds[int(idx[0])][0]).shape)
+                created = not out.exists()
                 store = _open_store(out, lambda: ActivationStore.create(
                     out, index=idx, labels=labels[idx] if user is None else user.labels, input_shape=shape,
                     model=model_id, dataset=ds_meta, split=split,
                     provenance={"command": command or " ".join(sys.argv), "versions": _versions(),
                                 "created": datetime.now(timezone.utc).isoformat(), "checkpoints": [],
-                                **({"data": user.record} if user is not None else {})}))
+                                **({"data": user.record} if user is not None else {})},
+                    reduction=opts.reduction.record(), row_align=opts.align, compression=opts.compression))
             if user is None and "data" in store.dataset:
                 raise StoreError(f"{str(out)!r} holds samples of your own data ({store.dataset['data'].get('class')}); "
                                  "pass the same data= (or dataset_factory= / image_folder=) again, or write to a new "
                                  "out= file")
-            store.check_compatible(model=model_id, index=idx, dataset_name=ds_name, split=split)
+            store.check_compatible(model=model_id, index=idx, dataset_name=ds_name, split=split,
+                                   reduction=opts.reduction.record())
             if user is not None:
                 _check_labels(store, user)
 
@@ -691,10 +1071,28 @@ def _extract_checkpoints(paths: List[Path], user: Optional[_Data], *, layers: La
             cid = _checkpoint_id(store, ck_path, sha)
             if cid in store.checkpoints():
                 continue  # already complete: nothing to do
+            if not checked:  # the size of what is left to write, before the first row of it
+                complete = set(store.checkpoints())
+                todo = 1 + sum(1 for p in paths[i_ck + 1:] if p.stem not in complete)
+                probe = user.probe if user is not None else (lambda k, ds=ds, idx=idx: torch.stack(
+                    [torch.as_tensor(ds[int(i)][0]) for i in idx[:k]]))
+                n_in = int(np.prod(store._f["samples/input"].shape[1:], dtype=np.int64)) * 4
+                try:
+                    shapes = _probe_shapes(model, names, probe, batch_size if user is None else user.batch_size,
+                                           device, opts, str(ck_path))
+                    _size_check(out, shapes, store.n_samples, todo,
+                                0 if store.samples_complete else n_in * store.n_samples, opts)
+                except DiskSpaceError:
+                    if created:
+                        store = _drop_new_store(store, out)
+                    raise
+                _record_fingerprints(store, opts, names)
+                checked = True
             attrs = {"epoch": int(ck.epoch), "step": int(ck.step if ck.step is not None else -1),
                      "regime": dict(ck.regime or {}), "metrics": dict(ck.metrics or {}), "sha256": sha,
                      "model": ck.model_name, "run": ck_path.parent.name, "source": str(ck_path),
                      "layers_spec": layers if isinstance(layers, str) else ",".join(layers), "dtype": dtype,
+                     "reduce": opts.reduction.spec, "compression": opts.compression,
                      "inference": spec, "prediction_layer": str(spec.get("prediction_layer", "out")),
                      "metrics_samples": "unknown" if user is not None else
                      metrics_samples(_recorded_sizes(ck), ck.seed, labels, idx, split)}
@@ -704,9 +1102,8 @@ def _extract_checkpoints(paths: List[Path], user: Optional[_Data], *, layers: La
             if user is not None:
                 batches, total = user.batches(start), user.n_batches(start)
             else:
-                loader = DataLoader(Subset(ds, idx[start:].tolist()), batch_size=batch_size, shuffle=False)
-                batches, total = _rows(loader, start), len(loader)
-            _stream(store, cid, model, names, batches, done, write_inputs, user, device, dtype, allow_nonfinite,
+                batches, total = _dataset_batches(ds, idx, start, batch_size)
+            _stream(store, cid, model, names, batches, done, write_inputs, user, device, opts,
                     str(ck_path), ck.state_dict, progress, total)
             if write_inputs:
                 store.mark_inputs_complete()
@@ -733,6 +1130,20 @@ def _open_store(out: Path, create: Callable[[], ActivationStore]) -> ActivationS
     return create()
 
 
+def _drop_new_store(store: ActivationStore, out: Path) -> Optional[ActivationStore]:
+    """Remove a store this call created when it still holds nothing (returns None), so that a
+    refused start leaves no file behind; otherwise keep it open (returns it). (A start that fails
+    otherwise leaves the empty store, which the next call replaces: see :func:`_open_store`.)"""
+    try:
+        if store.checkpoints(include_incomplete=True) or store.samples_complete:
+            return store
+        store.close()
+        out.unlink()
+        return None
+    except Exception:  # pragma: no cover - never hide the original error
+        return store
+
+
 def _canonical_or_none(name: str) -> Optional[str]:
     """The registered dataset a name (or alias) stands for, or None."""
     from infoplane.data import _canonical
@@ -748,6 +1159,42 @@ def _rows(loader: DataLoader, start: int) -> Iterator[Tuple[int, torch.Tensor, n
     for xb, yb in loader:
         yield row, xb, np.asarray(yb)
         row += len(xb)
+
+
+def _plain_tensor_dataset(ds: Any) -> bool:
+    """A TensorDataset (or subclass such as infoplane's ArrayDataset) that indexes its tensors as is."""
+    return isinstance(ds, TensorDataset) and type(ds).__getitem__ is TensorDataset.__getitem__ and \
+        len(ds.tensors) >= 2
+
+
+def _tensor_batches(ds: TensorDataset, rows: np.ndarray, start: int, batch_size: int
+                    ) -> Iterator[Tuple[int, torch.Tensor, np.ndarray]]:
+    """``(row, x, y)`` batches of an in-memory TensorDataset by batched indexing (what a DataLoader
+    over it yields, without collating sample by sample)."""
+    x, y = ds.tensors[0], ds.tensors[1]
+    for lo in range(start, len(rows), batch_size):
+        sel = torch.as_tensor(rows[lo:lo + batch_size], dtype=torch.long)
+        yield lo, x[sel], np.asarray(y[sel])
+
+
+def _dataset_batches(ds: Any, idx: np.ndarray, start: int, batch_size: int) -> Tuple[Iterator, int]:
+    """Batches of rows ``[start, N)`` of a registered dataset (in-memory ones by batched indexing)."""
+    n_batches = -(-(len(idx) - start) // batch_size)
+    if _plain_tensor_dataset(ds):
+        return _tensor_batches(ds, np.asarray(idx), start, batch_size), n_batches
+    loader = DataLoader(Subset(ds, idx[start:].tolist()), batch_size=batch_size, shuffle=False)
+    return _rows(loader, start), len(loader)
+
+
+def _record_fingerprints(store: ActivationStore, opts: _Options, names: List[str]) -> None:
+    """Record the fingerprint of the projection matrix in the store (when a layer of ``names`` is
+    projected), or refuse (StoreError) when the store recorded another matrix."""
+    reducer = opts.reducer
+    if reducer is None or reducer.matrix is None:
+        return
+    paths = set(names)
+    if any(p.projection is not None and k.rsplit(":", 1)[0] in paths for k, p in reducer.plans.items()):
+        store.set_reduction_fingerprints({"matrix": reducer.matrix.fingerprint()})
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -780,9 +1227,9 @@ def _state_id(epoch: Optional[int], name: Optional[str]) -> str:
     return f"epoch_{int(epoch):04d}" if epoch is not None else "model_0000"
 
 
-def _extract_model(model: nn.Module, data: _Data, *, layers: LayerSpec, out: Path, split: str, dtype: str,
+def _extract_model(model: nn.Module, data: _Data, *, layers: LayerSpec, out: Path, split: str, opts: _Options,
                    device: Union[str, torch.device, None], progress: bool, command: Optional[str],
-                   allow_nonfinite: bool, epoch: Optional[int], name: Optional[str]) -> Path:
+                   epoch: Optional[int], name: Optional[str]) -> Path:
     from infoplane.device import resolve_device
 
     cid = _state_id(epoch, name)
@@ -805,15 +1252,19 @@ def _extract_model(model: nn.Module, data: _Data, *, layers: LayerSpec, out: Pat
     run_on = resolve_device(device) if device is not None else home
     was_training = model.training
     store: Optional[ActivationStore] = None
+    dtype = opts.dtype
     try:
+        created = not out.exists()
         store = _open_store(out, lambda: ActivationStore.create(
             out, index=data.index, labels=data.labels, input_shape=data.input_shape, model=model_id,
             dataset=ds_meta, split=split,
             provenance={"command": command or f"infoplane.extract({cls.__name__}, {type(data.data).__name__})",
                         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(),
                         "checkpoints": [], "data": data.record, "model_class": qualname,
-                        "model_summary": summary}))
-        store.check_compatible(model=model_id, index=data.index, dataset_name=ds_meta["name"], split=split)
+                        "model_summary": summary},
+            reduction=opts.reduction.record(), row_align=opts.align, compression=opts.compression))
+        store.check_compatible(model=model_id, index=data.index, dataset_name=ds_meta["name"], split=split,
+                               reduction=opts.reduction.record())
         _check_labels(store, data)
         if cid in store.checkpoints():
             if store.checkpoint_attrs(cid).get("sha256") == sha:
@@ -824,16 +1275,26 @@ def _extract_model(model: nn.Module, data: _Data, *, layers: LayerSpec, out: Pat
         attrs = {"epoch": int(epoch) if epoch is not None else 0, "step": -1, "regime": {"name": cls.__name__},
                  "metrics": {}, "sha256": sha, "model": cls.__name__, "run": cls.__name__,
                  "source": f"{qualname} object", "dtype": dtype, "metrics_samples": "unknown",
-                 "layers_spec": layers if isinstance(layers, str) else ",".join(layers)}
-        done = store.begin_checkpoint(cid, attrs=attrs)
-        write_inputs = not store.samples_complete
+                 "layers_spec": layers if isinstance(layers, str) else ",".join(layers),
+                 "reduce": opts.reduction.spec, "compression": opts.compression}
         if run_on != home:
             model.to(run_on)
         model.eval()
+        n_in = int(np.prod(data.input_shape, dtype=np.int64)) * 4 * store.n_samples
+        try:
+            shapes = _probe_shapes(model, names, data.probe, data.batch_size, run_on, opts,
+                                   f"{cls.__name__} ({cid})")
+            _size_check(out, shapes, store.n_samples, 1, 0 if store.samples_complete else n_in, opts)
+        except DiskSpaceError:
+            if created:
+                store = _drop_new_store(store, out)
+            raise
+        _record_fingerprints(store, opts, names)
+        done = store.begin_checkpoint(cid, attrs=attrs)
+        write_inputs = not store.samples_complete
         start = 0 if write_inputs else done
-        _stream(store, cid, model, names, data.batches(start), done, write_inputs, data, run_on, dtype,
-                allow_nonfinite, f"{cls.__name__} ({cid})", model.state_dict(), progress, data.n_batches(start),
-                discard_empty=True)
+        _stream(store, cid, model, names, data.batches(start), done, write_inputs, data, run_on, opts,
+                f"{cls.__name__} ({cid})", model.state_dict(), progress, data.n_batches(start), discard_empty=True)
         if write_inputs:
             store.mark_inputs_complete()
         store.finish_checkpoint(cid)
@@ -849,4 +1310,4 @@ def _extract_model(model: nn.Module, data: _Data, *, layers: LayerSpec, out: Pat
 
 
 __all__ = ["extract", "select_samples", "metrics_samples", "class_interleaved", "StoreError",
-           "NonFiniteActivationError", "DataMismatchError"]
+           "NonFiniteActivationError", "DataMismatchError", "DiskSpaceError", "SizeEstimate"]

@@ -3,18 +3,19 @@
 Layout::
 
     /                    attrs: format, provenance (JSON), model (JSON name+kwargs), dataset (JSON),
-                                split, samples_complete
+                                split, samples_complete, reduction (JSON; absent: none)
     /samples/index       (N,) int64   dataset indices, fixed for the whole file
     /samples/label       (N,) int64
     /samples/input       (N, ...)     inputs X as fed to the model (after normalisation)
     /checkpoints/<id>/   attrs: epoch, step, regime (JSON), metrics (JSON), sha256, model, run,
-                                source, rows_done, complete
-      layers/<name>      (N, ...) float32|float16, chunked by whole rows;
-                         attrs: module_path, call_index, original_shape
+                                source, layers_spec, dtype, reduce, compression, rows_done, complete
+      layers/<name>      (N, ...) float32|float16, chunked by whole rows (optionally lzf/gzip);
+                         attrs: module_path, call_index, original_shape, order, reduction (JSON)
 
-Writes are streamed batch by batch (rows ``[start, start+b)``); a checkpoint group is marked
-``complete=True`` only after its last row is written. Readers ignore incomplete groups; writers
-continue them from ``rows_done`` (resume after an interruption).
+Writes are streamed batch by batch (rows ``[start, start+b)``); ``rows_done`` is raised only after
+the rows it counts were written and flushed, and a checkpoint group is marked ``complete=True``
+only after its last row is written. Readers ignore incomplete groups; writers continue them from
+``rows_done`` (resume after an interruption).
 
 Integrity: every dataset carries HDF5's Fletcher-32 checksum per chunk, verified on read; a damaged
 block is a :class:`StoreError` naming the checkpoint and layer (stores written before checksums
@@ -33,8 +34,22 @@ import numpy as np
 
 FORMAT = "infoplane.store/1"
 _CHUNK_BYTES = 1 << 20  # target ~1 MiB chunks made of whole rows
+_PIECE_BYTES = 4 << 20  # larger writes go to HDF5 in pieces of whole chunks (h5py holds the GIL per call)
 
 Rows = Union[None, slice, Sequence[int], np.ndarray]
+
+#: ``compression=`` of new layer datasets: h5py filter options (the byte-shuffle filter goes with
+#: either codec; Fletcher-32 checksums stay on in every case)
+COMPRESSION = {"none": {}, "lzf": {"compression": "lzf", "shuffle": True},
+               "gzip": {"compression": "gzip", "compression_opts": 4, "shuffle": True}}
+
+
+def compression_options(name: Optional[str]) -> Dict[str, Any]:
+    """h5py ``create_dataset`` options of a compression name: ``none``, ``lzf`` or ``gzip`` (level 4)."""
+    key = "none" if name is None else str(name)
+    if key not in COMPRESSION:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSION)} (--compression), not {name!r}")
+    return dict(COMPRESSION[key])
 
 
 class StoreError(ValueError):
@@ -78,6 +93,10 @@ def _open_error(path: Path, exc: OSError) -> StoreError:
     if "truncated file" in msg.lower():
         return StoreError(f"{str(path)!r} is truncated ({msg.split('(')[-1].rstrip(')')}); it was cut short by a "
                           "copy or a full disk. Re-copy it, or delete it and run `infoplane extract` again")
+    if "already open for write" in msg.lower():
+        return StoreError(f"{str(path)!r} was left marked open by a writer that was killed before it closed the file "
+                          f"(HDF5 consistency flag). Clear the flag with `h5clear -s {str(path)!r}` (Debian package "
+                          "hdf5-tools) and re-run the same `infoplane extract` to resume it, or delete the file")
     if "unable to lock" in msg.lower():
         return StoreError(f"{str(path)!r} is in use by another process writing to it (HDF5 file lock); wait for "
                           "it to finish, or write to another --out")
@@ -108,9 +127,22 @@ def _unjson(value: Any) -> Any:
         return value
 
 
-def _row_chunks(row_shape: Sequence[int], itemsize: int, n: int) -> tuple:
+def _row_chunks(row_shape: Sequence[int], itemsize: int, n: int, align: Optional[int] = None) -> tuple:
+    """Chunk shape of whole rows, about ``_CHUNK_BYTES`` at most. With ``align`` (the rows written
+    per call, e.g. the batch size) a chunk holds a whole number of such writes, or, when one write
+    is larger than a chunk, a divisor of it (where one at least a quarter of the size limit
+    exists), so that aligned writes never cut a chunk that is already on disk. A dataset that fits
+    in one chunk is one chunk."""
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
     rows = int(max(1, min(n, _CHUNK_BYTES // row_bytes)))
+    if align is not None and int(align) > 0 and rows < n:
+        a = int(align)
+        if a <= rows:
+            rows = min(n, (rows // a) * a)
+        else:
+            best = max((c for c in range(1, rows + 1) if a % c == 0), default=1)
+            if 4 * best >= rows:
+                rows = best
     return (rows, *row_shape)
 
 
@@ -164,6 +196,7 @@ class ActivationStore:
             raise StoreError(f"{str(self.path)!r} is not an infoplane activation store (format "
                              f"{fmt!r}, expected {FORMAT!r}); create one with `infoplane extract`")
         self.mode = mode
+        self._handles: Dict[tuple, Any] = {}
         try:
             self._check_structure()
         except StoreError:
@@ -219,7 +252,7 @@ class ActivationStore:
         if n and (labels.min() < 0 or (isinstance(n_classes, int) and labels.max() >= n_classes)):
             raise damaged(f"'samples/label' holds labels in [{labels.min()}, {labels.max()}] but the dataset has "
                           f"{n_classes} classes (0..{(n_classes or 0) - 1})")
-        for attr in ("model", "dataset", "provenance"):
+        for attr in ("model", "dataset", "provenance", "reduction"):
             raw = f.attrs.get(attr, "{}")
             val = _unjson(raw)
             if not isinstance(val, dict):
@@ -258,9 +291,16 @@ class ActivationStore:
     def create(cls, path: Union[str, Path], *, index: Sequence[int], labels: Sequence[int],
                input_shape: Sequence[int], model: Mapping[str, Any], dataset: Mapping[str, Any],
                split: str, provenance: Optional[Mapping[str, Any]] = None,
-               input_dtype: str = "float32") -> "ActivationStore":
+               input_dtype: str = "float32", reduction: Optional[Mapping[str, Any]] = None,
+               row_align: Optional[int] = None, compression: Optional[str] = None) -> "ActivationStore":
         """Create a new store with a fixed sample set; inputs are written later with
-        :meth:`write_inputs` (streamed). Refuses to overwrite an existing file."""
+        :meth:`write_inputs` (streamed). Refuses to overwrite an existing file.
+
+        reduction: the record of what every checkpoint's layers are reduced with (root attribute
+        ``reduction``; see :meth:`check_compatible`). row_align: the rows of one input write (the
+        batch size), to align the input chunks with (:func:`_row_chunks`). compression: ``none``,
+        ``lzf`` or ``gzip`` for the stored inputs."""
+        comp = compression_options(compression)
         h5py = _h5py()
         path = Path(path)
         if path.exists():
@@ -281,13 +321,15 @@ class ActivationStore:
             f.attrs["dataset"] = _json(dict(dataset))
             f.attrs["split"] = str(split)
             f.attrs["samples_complete"] = False
+            if reduction is not None:
+                f.attrs["reduction"] = _json(dict(reduction))
             g = f.create_group("samples")
             g.create_dataset("index", data=index, fletcher32=True)
             g.create_dataset("label", data=labels, fletcher32=True)
             shape = tuple(int(s) for s in input_shape)
             dt = np.dtype(input_dtype)
             g.create_dataset("input", shape=(n, *shape), dtype=dt,
-                             chunks=_row_chunks(shape, dt.itemsize, n), fletcher32=True)
+                             chunks=_row_chunks(shape, dt.itemsize, n, row_align), fletcher32=True, **comp)
             f.create_group("checkpoints")
         os.replace(tmp, path)
         return cls(path, "a")
@@ -326,7 +368,10 @@ class ActivationStore:
 
     @property
     def n_samples(self) -> int:
-        return int(self._f["samples/index"].shape[0])
+        n = getattr(self, "_n", None)
+        if n is None:
+            n = self._n = int(self._f["samples/index"].shape[0])
+        return n
 
     @property
     def model(self) -> Dict[str, Any]:
@@ -339,6 +384,12 @@ class ActivationStore:
     @property
     def provenance(self) -> Dict[str, Any]:
         return _unjson(self._f.attrs.get("provenance", "{}"))
+
+    @property
+    def reduction(self) -> Dict[str, Any]:
+        """The root ``reduction`` record: ``{"method": "none"}`` for a store without one."""
+        val = _unjson(self._f.attrs.get("reduction", "{}"))
+        return val if isinstance(val, dict) and val.get("method") else {"method": "none"}
 
     @property
     def samples_complete(self) -> bool:
@@ -363,7 +414,9 @@ class ActivationStore:
     def write_inputs(self, start: int, x: np.ndarray) -> None:
         """Write input rows ``[start, start + len(x))``."""
         self._require_write()
-        ds = self._f["samples/input"]
+        ds = self._handles.get(("samples/input",))
+        if ds is None:
+            ds = self._handles[("samples/input",)] = self._f["samples/input"]
         x = np.asarray(x, dtype=ds.dtype)
         if x.shape[1:] != ds.shape[1:] or start < 0 or start + x.shape[0] > ds.shape[0]:
             raise ValueError(f"input rows of shape {x.shape} at {start} do not fit the stored "
@@ -454,6 +507,7 @@ class ActivationStore:
                        if k in attrs)
             if same:
                 return int(g.attrs.get("rows_done", 0))
+            self._forget(ckpt)
             del groups[ckpt]
         g = groups.create_group(ckpt)
         for k, v in {"epoch": -1, "step": -1, **dict(attrs)}.items():
@@ -466,38 +520,71 @@ class ActivationStore:
 
     def write_layer_rows(self, ckpt: str, layer: str, start: int, z: np.ndarray, *,
                          dtype: str = "float32", module_path: Optional[str] = None,
-                         call_index: int = 1, order: int = 0) -> int:
+                         call_index: int = 1, order: int = 0, row_align: Optional[int] = None,
+                         compression: Optional[str] = None, nonfinite: Optional[int] = None,
+                         attrs: Optional[Mapping[str, Any]] = None) -> int:
         """Write rows ``[start, start+len(z))`` of a layer; creates the dataset on first use.
 
         Returns the number of written rows holding NaN/inf *after* the cast to the storage dtype
         (float16 overflows above 65504); the layer's ``nonfinite_rows`` attribute keeps the total.
+        ``nonfinite``: that count when the caller has it already (the check is then skipped).
+        On creation: ``row_align`` (rows per write, see :func:`_row_chunks`), ``compression``
+        (``none``/``lzf``/``gzip``) and ``attrs`` (further attributes, e.g. ``reduction``; dicts
+        are stored as JSON). ``rows_done`` is not changed: call :meth:`set_rows_done` when the
+        rows of every layer up to a row are written.
         """
         self._require_write()
-        g = self._group(ckpt)["layers"]
+        key = (ckpt, layer)
+        ds = self._handles.get(key)
         z = np.asarray(z)
         n = self.n_samples
-        if layer not in g:
-            dt = np.dtype(dtype)
-            if dt not in (np.dtype("float32"), np.dtype("float16")):
-                raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
-            row_shape = tuple(int(s) for s in z.shape[1:])
-            ds = g.create_dataset(layer, shape=(n, *row_shape), dtype=dt,
-                                  chunks=_row_chunks(row_shape, dt.itemsize, n), fletcher32=True)
-            ds.attrs["module_path"] = module_path if module_path is not None else layer
-            ds.attrs["call_index"] = int(call_index)
-            ds.attrs["original_shape"] = np.asarray(row_shape, dtype=np.int64)
-            ds.attrs["order"] = int(order)
-        ds = g[layer]
+        if ds is None:
+            g = self._group(ckpt)["layers"]
+            if layer not in g:
+                dt = np.dtype(dtype)
+                if dt not in (np.dtype("float32"), np.dtype("float16")):
+                    raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
+                row_shape = tuple(int(s) for s in z.shape[1:])
+                ds = g.create_dataset(layer, shape=(n, *row_shape), dtype=dt,
+                                      chunks=_row_chunks(row_shape, dt.itemsize, n, row_align), fletcher32=True,
+                                      **compression_options(compression))
+                ds.attrs["module_path"] = module_path if module_path is not None else layer
+                ds.attrs["call_index"] = int(call_index)
+                ds.attrs["original_shape"] = np.asarray(row_shape, dtype=np.int64)
+                ds.attrs["order"] = int(order)
+                for k, v in dict(attrs or {}).items():
+                    ds.attrs[k] = _json(v) if isinstance(v, (dict, list, tuple)) else v
+            else:
+                ds = g[layer]
+            self._handles[key] = ds
         if z.shape[1:] != ds.shape[1:] or start < 0 or start + z.shape[0] > n:
             raise ValueError(f"layer {layer!r}: rows of shape {z.shape} at {start} do not fit the "
                              f"stored dataset {ds.shape}")
         with np.errstate(over="ignore"):  # float16 overflow becomes inf: counted and reported below
             stored = z.astype(ds.dtype, copy=False)
-        bad = int((~np.isfinite(stored.reshape(stored.shape[0], -1))).any(axis=1).sum()) if stored.size else 0
-        ds[start:start + z.shape[0]] = stored
+        if nonfinite is None:
+            bad = int((~np.isfinite(stored.reshape(stored.shape[0], -1))).any(axis=1).sum()) if stored.size else 0
+        else:
+            bad = int(nonfinite)
+        rows = z.shape[0]
+        step = rows
+        if ds.chunks and stored.nbytes > _PIECE_BYTES:  # whole chunks at a time: other threads get the GIL
+            c = int(ds.chunks[0])
+            step = max(c, (_PIECE_BYTES // max(1, stored[:1].nbytes)) // c * c)
+        for lo in range(0, rows, step):
+            ds[start + lo:start + min(rows, lo + step)] = stored[lo:lo + step]
         if bad:
             ds.attrs["nonfinite_rows"] = int(ds.attrs.get("nonfinite_rows", 0)) + bad
         return bad
+
+    def flush(self) -> None:
+        """Write everything buffered by HDF5 to the file (call before :meth:`set_rows_done`)."""
+        self._require_write()
+        self._f.flush()
+
+    def _forget(self, ckpt: str) -> None:
+        for key in [k for k in self._handles if k[0] == ckpt]:
+            del self._handles[key]
 
     def discard_checkpoint(self, ckpt: str) -> None:
         """Remove an *incomplete* checkpoint group (e.g. one refused for non-finite activations)."""
@@ -505,10 +592,12 @@ class ActivationStore:
         g = self._group(ckpt)
         if bool(g.attrs.get("complete", False)):
             raise StoreError(f"checkpoint {ckpt!r} of {str(self.path)!r} is complete; refusing to discard it")
+        self._forget(ckpt)
         del self._f["checkpoints"][ckpt]
         self._f.flush()
 
     def set_rows_done(self, ckpt: str, rows: int) -> None:
+        """Record that rows ``[0, rows)`` of every layer of ``ckpt`` are written (and flush)."""
         self._require_write()
         self._group(ckpt).attrs["rows_done"] = int(rows)
         self._f.flush()
@@ -523,6 +612,23 @@ class ActivationStore:
         g.attrs["complete"] = True
         self._f.flush()
 
+    def set_reduction_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
+        """Add fingerprints (e.g. of the random-projection matrix) to the root ``reduction`` record;
+        a name already recorded with another fingerprint is a StoreError."""
+        self._require_write()
+        rec = self.reduction
+        known = dict(rec.get("fingerprints") or {})
+        for name, fp in fingerprints.items():
+            if name in known and known[name] != fp:
+                raise StoreError(f"{str(self.path)!r}: the random-projection matrix ({name}) is not the one its "
+                                 f"earlier checkpoints were projected with (fingerprint {fp}, stored {known[name]}: "
+                                 "this torch draws other random numbers). Extract into a new --out file, or use "
+                                 "the torch version named in the store's reduction record")
+            known[name] = fp
+        if known != (rec.get("fingerprints") or {}):
+            rec["fingerprints"] = known
+            self._f.attrs["reduction"] = _json(rec)
+
     def add_provenance(self, **items: Any) -> None:
         """Merge entries into the root provenance JSON (lists are extended)."""
         self._require_write()
@@ -536,8 +642,12 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ checks
     def check_compatible(self, *, model: Mapping[str, Any], index: Sequence[int],
-                         dataset_name: Optional[str] = None, split: Optional[str] = None) -> None:
-        """Refuse to mix models or sample sets in one store (raises StoreError)."""
+                         dataset_name: Optional[str] = None, split: Optional[str] = None,
+                         reduction: Optional[Mapping[str, Any]] = None) -> None:
+        """Refuse to mix models, sample sets or layer reductions in one store (raises StoreError).
+
+        reduction: the record of the reduction to append with (``method``, ``dim``, ``seed``,
+        ``spec``); a store without a root ``reduction`` attribute holds unreduced layers."""
         mine = self.model
         theirs = json.loads(_json(dict(model)))
         if mine != theirs:
@@ -553,6 +663,19 @@ class ActivationStore:
         if not np.array_equal(idx, self.index()):
             raise StoreError(f"{str(self.path)!r} was written for a different sample set "
                              f"({self.n_samples} samples); use the same --samples/--split or a new --out file")
+        if reduction is not None:
+            have, want = self.reduction, dict(reduction)
+            keys = ("method", "dim", "seed")
+            if any(have.get(k) != want.get(k) for k in keys):
+                def name(rec: Mapping[str, Any]) -> str:
+                    seed = f" (seed {rec['seed']})" if rec.get("seed") is not None else ""
+                    return f"{rec.get('spec', rec.get('method'))!r}{seed}"
+
+                spec = have.get("spec", have.get("method"))
+                seed = f" --reduce-seed {have['seed']}" if have.get("seed") is not None else ""
+                raise StoreError(f"{str(self.path)!r} holds layers reduced with {name(have)}, not {name(want)}: "
+                                 f"values of other reductions are not comparable. Pass --reduce {spec}{seed} "
+                                 "(reduce=, reduce_seed=) to append to it, or write to a new --out file")
 
     def verify(self) -> List[str]:
         """Read every stored block (checksums verified); returns one line per damaged dataset
@@ -629,7 +752,8 @@ class ActivationStore:
 
         Columns ``index`` (the sample's dataset index), ``label`` (its class) and ``f0`` ..
         ``f{d-1}``: the activations flattened in C order (a ``(C, H, W)`` layer gives ``d = C*H*W``
-        columns; :meth:`layer_attrs` ``original_shape`` says how to fold them back). The frame's
+        columns; the stored shape, ``read(...).shape[1:]``, says how to fold them back: it is the
+        :meth:`layer_attrs` ``original_shape`` unless the layer was reduced). The frame's
         index is the row of the store (name ``row``). ``rows``: a slice or row indices (default
         all). For arrays instead of a table use :meth:`read`, :meth:`labels` and :meth:`index`.
         """
