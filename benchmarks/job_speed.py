@@ -81,7 +81,7 @@ def run_floor(zs) -> float:
 def run_ours(store: str, threads: Optional[int] = None):
     from infoplane.estimate import EstimateConfig, estimate_store
 
-    cfg = EstimateConfig(distance="euclidean", baseline=False, progress=False, threads=threads)
+    cfg = EstimateConfig(distance="euclidean", baseline=False, progress=False, threads=threads, jobs=1)
     return estimate_store(store, cfg)
 
 

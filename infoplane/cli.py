@@ -200,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", default=None, metavar="KEY=VALUE",
                    help="a parameter of the estimator over its default, e.g. --param bins=10 (repeatable; "
                         "`infoplane estimators` lists each estimator's parameters)")
-    s.add_argument("--jobs", type=int_at_least(1), default=1,
-                   help="(checkpoint, layer) jobs run at once on this machine, e.g. the number of cores "
-                        "(default: 1); values do not depend on it")
+    s.add_argument("--jobs", type=int_at_least(1), default=None,
+                   help="(checkpoint, layer) jobs run at once on this machine (default: one per CPU core for "
+                        "kernel estimators under the minibatch protocol, else 1); values do not depend on it")
     s.add_argument("--backend", default="auto", choices=("auto", "threads", "processes"),
                    help="where --jobs run: threads of this process (kernel estimators: their time is spent in "
                         "LAPACK, which releases the GIL) or worker processes; auto: threads for kernel "

@@ -71,7 +71,8 @@ class EstimateConfig:
     torch's setting for ``full``. allow_incomplete: estimate the complete checkpoints of a store
     that also holds incomplete ones (they get a ``status`` row saying so); by default that is an
     error naming them. params: parameters of the estimator over its defaults (e.g. ``{"bins": 10}``
-    for binning; ``infoplane estimators`` lists them). jobs: (checkpoint, layer) jobs run at once; backend: "threads" (one
+    for binning; ``infoplane estimators`` lists them). jobs: (checkpoint, layer) jobs run at once
+    (None: one per core for kernel estimators under the minibatch protocol, else 1); backend: "threads" (one
     process, the store read once; kernel estimators spend their time in LAPACK/BLAS, which releases
     the GIL), "processes" (joblib's process pool, each worker opening the store) or "auto"
     (threads for kernel estimators, processes for the others). scheduler: the address of a Dask
@@ -96,7 +97,7 @@ class EstimateConfig:
     threads: Optional[int] = None
     allow_incomplete: bool = False
     params: Optional[Dict[str, Any]] = None
-    jobs: int = 1
+    jobs: Optional[int] = None
     backend: str = "auto"
     scheduler: Optional[str] = None
     shard: Optional[str] = None
@@ -135,8 +136,10 @@ class EstimateConfig:
                                      f"got {self.sigma!r}") from None
         if not isinstance(self.sigma, str) and not float(self.sigma) > 0:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
-        if isinstance(self.jobs, bool) or int(self.jobs) != self.jobs or int(self.jobs) < 1:
-            raise ValueError(f"jobs must be an integer >= 1, got {self.jobs!r}")
+        if self.jobs is not None and (isinstance(self.jobs, bool) or int(self.jobs) != self.jobs
+                                      or int(self.jobs) < 1):
+            raise ValueError(f"jobs must be an integer >= 1 or None (one per core for kernel estimators), "
+                             f"got {self.jobs!r}")
         if self.backend not in ("auto", "threads", "processes"):
             raise ValueError(f"backend must be 'auto', 'threads' or 'processes', got {self.backend!r}")
         if self.shard is not None:
@@ -369,7 +372,9 @@ def estimate_store(path: PathLike, config: Optional[EstimateConfig] = None) -> p
 def _with_threads(cfg: EstimateConfig, run: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     threads = cfg.threads
     if threads is None:   # 1 per worker thread; torch's own setting only for one full-sample job at a time
-        threads = None if (cfg.protocol == "full" and int(cfg.jobs) == 1) else 1
+        from infoplane.parallel import n_jobs
+
+        threads = None if (cfg.protocol == "full" and n_jobs(cfg) == 1) else 1
     saved = torch.get_num_threads()
     if threads is not None:
         if int(threads) < 1:

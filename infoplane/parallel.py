@@ -4,8 +4,10 @@ Every job reads one stored layer and returns its rows (one per target); jobs sha
 the store and the once-per-store target sides, so they can run anywhere and the table does not
 depend on where they ran:
 
-* serially (``jobs=1``);
-* on local worker threads (``jobs=N, backend="threads"``, joblib's threading backend): one
+* serially (``jobs=1``; the default for estimators that are not kernel ones and for the full
+  sample);
+* on local worker threads (``jobs=N, backend="threads"``, joblib's threading backend; the default,
+  one per core, for kernel estimators under the minibatch protocol): one
   process, the store and the target sides read once; kernel estimators spend their time in
   LAPACK/BLAS calls that release the GIL, so N threads keep N cores busy;
 * on local worker processes (``backend="processes"``, joblib's loky pool): each worker opens
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 if TYPE_CHECKING:  # pragma: no cover
     from infoplane.estimate import EstimateConfig, _Context
 
-__all__ = ["parse_shard", "shard", "uses_processes", "run_jobs", "worker_rows"]
+__all__ = ["parse_shard", "shard", "cores", "n_jobs", "uses_processes", "run_jobs", "worker_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,26 @@ def _kind(cfg: "EstimateConfig") -> str:
     return get_estimator(cfg.estimator).kind
 
 
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def n_jobs(cfg: "EstimateConfig") -> int:
+    """``cfg.jobs``, or for ``None`` (auto): one per core for kernel estimators under the minibatch
+    protocol (threads sharing one store: cheap), else 1 (full-sample jobs hold m x m matrices each and
+    use LAPACK's own threads; process workers each import torch)."""
+    if cfg.jobs is not None:
+        return int(cfg.jobs)
+    return cores() if (_kind(cfg) == "kernel" and cfg.protocol == "minibatch") else 1
+
+
 def uses_processes(cfg: "EstimateConfig") -> bool:
     """Whether the local jobs run in worker processes (else in this process)."""
-    if cfg.scheduler or int(cfg.jobs) <= 1:
+    if cfg.scheduler or n_jobs(cfg) <= 1:
         return False
     if cfg.backend == "auto":
         return _kind(cfg) != "kernel"
@@ -81,7 +100,7 @@ def run_jobs(todo: Sequence[Job], cfg: "EstimateConfig", path: Path,
         yield from _run_dask(todo, cfg, path)
     elif uses_processes(cfg):
         yield from _run_processes(todo, cfg, path)
-    elif int(cfg.jobs) <= 1:
+    elif n_jobs(cfg) <= 1:
         assert ctx is not None
         for job in todo:
             yield job, ctx.job_rows(job)
@@ -89,14 +108,14 @@ def run_jobs(todo: Sequence[Job], cfg: "EstimateConfig", path: Path,
         from joblib import Parallel, delayed
 
         assert ctx is not None
-        with Parallel(n_jobs=int(cfg.jobs), backend="threading", return_as="generator") as par:
+        with Parallel(n_jobs=n_jobs(cfg), backend="threading", return_as="generator") as par:
             yield from zip(todo, par(delayed(ctx.job_rows)(job) for job in todo))
 
 
 def _run_processes(todo: List[Job], cfg: "EstimateConfig", path: Path) -> Iterator[Tuple[Job, Rows]]:
     from joblib import Parallel, delayed
 
-    n = int(cfg.jobs)
+    n = n_jobs(cfg)
     size = max(1, -(-len(todo) // (4 * n)))            # ~4 chunks per worker: few store openings, even load
     chunks = [todo[k:k + size] for k in range(0, len(todo), size)]
     open_path = str(Path(path).resolve())

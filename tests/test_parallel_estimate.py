@@ -155,3 +155,36 @@ def test_cli_jobs_and_shard(store, tmp_path):
     _same(pd.read_csv(tmp_path / "two.csv"), pd.read_csv(tmp_path / "one.csv"))
     bad = subprocess.run(base + ["--shard", "4/4"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--shard" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_interrupt_on_worker_threads_keeps_only_whole_layers_and_resumes(store, tmp_path, monkeypatch):
+    import infoplane.estimate as est
+
+    cfg = EstimateConfig(batch_size=20, progress=False, jobs=2, backend="threads")
+    ref = estimate_store(store, cfg)
+    real, calls = est._Runner.result, {"n": 0}
+
+    def flaky(self, reader, target, shuffled, cache=None):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(self, reader, target, shuffled, cache)
+
+    monkeypatch.setattr(est._Runner, "result", flaky)
+    out = tmp_path / "e.csv"
+    with pytest.raises(KeyboardInterrupt):
+        estimate_to_csv(store, out, cfg)
+    assert not out.exists() and est.resume_path(out).exists()
+    monkeypatch.setattr(est._Runner, "result", real)
+    estimate_to_csv(store, out, cfg)
+    _same(pd.read_csv(out), ref)
+    assert not est.resume_path(out).exists()
+
+
+def test_default_jobs_is_one_per_core_for_kernel_minibatch_only():
+    from infoplane.parallel import cores, n_jobs
+
+    assert n_jobs(EstimateConfig()) == cores()
+    assert n_jobs(EstimateConfig(protocol="full")) == 1
+    assert n_jobs(EstimateConfig(estimator="snn")) == 1
+    assert n_jobs(EstimateConfig(jobs=3)) == 3
