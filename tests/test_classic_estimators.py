@@ -256,29 +256,17 @@ def test_trustworthy_rounds_conservatively(monkeypatch):
 # ----------------------------------------------------------------------------- CLI end to end
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
-    from infoplane.store import ActivationStore
+    from _store_helpers import write_store
 
     rng = np.random.default_rng(1)
     n = 120
-    path = tmp_path_factory.mktemp("classic") / "s.h5"
     y = np.arange(n) % 3
     x = rng.normal(size=(n, 5)).astype(np.float32)
-    st_ = ActivationStore.create(path, index=np.arange(n), labels=y, input_shape=(5,),
-                                 model={"name": "toy", "kwargs": {}}, dataset={"name": "toy", "num_classes": 3},
-                                 split="test")
-    st_.write_inputs(0, x)
-    st_.mark_inputs_complete()
-    for e in range(3):
-        c = f"epoch_{e:04d}"
-        st_.begin_checkpoint(c, attrs={"epoch": e, "step": e, "regime": {"name": "e2e"}, "metrics": {},
-                                       "sha256": str(e), "model": "toy", "run": "r"})
-        st_.write_layer_rows(c, "fc", 0, (np.eye(3)[y] * (1 + e) + 0.1 * rng.normal(size=(n, 3))).astype(np.float32),
-                             order=0)
-        st_.write_layer_rows(c, "copy", 0, x.copy(), order=1)
-        st_.set_rows_done(c, n)
-        st_.finish_checkpoint(c)
-    st_.close()
-    return path
+
+    def layers(e):
+        return {"fc": np.eye(3)[y] * (1 + e) + 0.1 * rng.normal(size=(n, 3)), "copy": x.copy()}
+
+    return write_store(tmp_path_factory.mktemp("classic") / "s.h5", x, y, layers, epochs=range(3))
 
 
 @pytest.mark.parametrize("name", CLASSIC)

@@ -71,22 +71,12 @@ def test_exact_resolvents_cuda_match_cpu():
 
 
 def test_estimate_store_on_cuda_matches_cpu(tmp_path):
+    from _store_helpers import write_store
     from infoplane.estimate import EstimateConfig, estimate_store
-    from infoplane.store import ActivationStore
 
     x, z, y = _data(400, seed=4)
-    path = tmp_path / "s.h5"
-    st = ActivationStore.create(path, index=np.arange(400), labels=y.numpy(), input_shape=(200,),
-                                model={"name": "toy", "kwargs": {}}, dataset={"name": "toy", "num_classes": 10},
-                                split="test")
-    st.write_inputs(0, x.float().numpy())
-    st.mark_inputs_complete()
-    st.begin_checkpoint("epoch_0000", attrs={"epoch": 0, "step": 0, "regime": {"name": "e2e"}, "metrics": {},
-                                             "sha256": "0", "model": "toy", "run": "r"})
-    st.write_layer_rows("epoch_0000", "z", 0, z.float().numpy(), order=0)
-    st.set_rows_done("epoch_0000", 400)
-    st.finish_checkpoint("epoch_0000")
-    st.close()
+    path = write_store(tmp_path / "s.h5", x.numpy(), y.numpy(), lambda e: {"z": z.numpy()}, epochs=[0],
+                       num_classes=10)
     for protocol in ("minibatch", "full"):
         cpu = estimate_store(path, EstimateConfig(protocol=protocol, progress=False, device="cpu"))
         gpu = estimate_store(path, EstimateConfig(protocol=protocol, progress=False, device="cuda"))

@@ -9,7 +9,6 @@ import pytest
 
 from infoplane.estimate import EstimateConfig, estimate_store, estimate_to_csv
 from infoplane.parallel import parse_shard, shard
-from infoplane.store import ActivationStore
 
 N = 120
 VALUE_COLS = ["value", "std", "null_mean", "null_sd", "z", "p_value", "adjusted", "max_value", "baseline",
@@ -19,28 +18,17 @@ KEY = ["checkpoint", "layer", "target"]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
+    from _store_helpers import write_store
+
     rng = np.random.default_rng(3)
-    path = tmp_path_factory.mktemp("par") / "s.h5"
     y = rng.integers(0, 3, N)
-    x = rng.normal(size=(N, 5)).astype(np.float32)
-    st = ActivationStore.create(path, index=np.arange(N), labels=y, input_shape=(5,),
-                                model={"name": "toy", "kwargs": {}}, dataset={"name": "toy", "num_classes": 3},
-                                split="test")
-    st.write_inputs(0, x)
-    st.mark_inputs_complete()
-    for epoch in range(3):
-        c = f"epoch_{epoch:04d}"
-        st.begin_checkpoint(c, attrs={"epoch": epoch, "step": epoch, "regime": {"name": "e2e"}, "metrics": {},
-                                      "sha256": str(epoch), "model": "toy", "run": "r"})
-        layers = {"a": (np.eye(3)[y] * (epoch + 1) + rng.normal(size=(N, 3))).astype(np.float32),
-                  "b": rng.normal(size=(N, 4)).astype(np.float32),
-                  "c": (x[:, :2] + 0.5 * epoch * rng.normal(size=(N, 2))).astype(np.float32)}
-        for order, (name, z) in enumerate(layers.items()):
-            st.write_layer_rows(c, name, 0, z, order=order)
-        st.set_rows_done(c, N)
-        st.finish_checkpoint(c)
-    st.close()
-    return path
+    x = rng.normal(size=(N, 5))
+
+    def layers(epoch):
+        return {"a": np.eye(3)[y] * (epoch + 1) + rng.normal(size=(N, 3)), "b": rng.normal(size=(N, 4)),
+                "c": x[:, :2] + 0.5 * epoch * rng.normal(size=(N, 2))}
+
+    return write_store(tmp_path_factory.mktemp("par") / "s.h5", x, y, layers, epochs=range(3))
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
