@@ -302,6 +302,9 @@ def test_fp16_on_cuda_trains(tmp_path):
 
 
 if __name__ == "__main__":  # run by torchrun from script_runs: several runs in one launch
+    from trainers.distributed import teardown
+
     torch.set_num_threads(1)
     for case, kw in SCRIPT_CASES.items():
         train(TrainConfig(**dict(BASE, **kw, out=str(Path(sys.argv[1]) / case))))
+    teardown()

@@ -465,8 +465,15 @@ class DataParallel:
 
 def teardown() -> None:
     """Destroy the default process group if one is initialised (registered by :func:`init` to run
-    when the process exits)."""
+    when the process exits). Every process first waits for the others: rank 0 writes the last files
+    after the last collective, and a process that destroyed its group while a peer still held the
+    connection was measured to abort (gloo: "terminate called without an active exception"). A
+    peer that already failed makes the barrier raise; the group is destroyed all the same."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - a failed peer: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 
