@@ -61,7 +61,7 @@ def _run(cmd: List[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def ensure_data(work: Path, quick: bool, full_max: int) -> Dict[str, Path]:
+def ensure_data(work: Path, quick: bool, full_max: int, epoch: Optional[int] = None) -> Dict[str, Path]:
     """Train the run and extract the two stores once (skipped when present)."""
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -77,9 +77,12 @@ def ensure_data(work: Path, quick: bool, full_max: int) -> Dict[str, Path]:
     if not jobs.exists():
         _run([py, "-m", "infoplane", "extract", *map(str, ckpts), "--layers", "all", "--samples",
               "200" if quick else "2000", "--out", str(jobs), "--no-progress"])
-    full = work / f"full{full_max}.h5"
+    source = ckpts[-1] if epoch is None else run / f"epoch_{epoch:04d}.pt"
+    if not source.exists():
+        raise SystemExit(f"--epoch {epoch}: {source} does not exist; pass an epoch the run saved")
+    full = work / (f"full{full_max}.h5" if epoch is None else f"full{full_max}_epoch{epoch}.h5")
     if not full.exists():
-        _run([py, "-m", "infoplane", "extract", str(ckpts[-1]), "--layers", "conv2", "--split", "train",
+        _run([py, "-m", "infoplane", "extract", str(source), "--layers", "conv2", "--split", "train",
               "--samples", str(full_max), "--out", str(full), "--no-progress"])
     return {"jobs": jobs, "full": full}
 
@@ -266,7 +269,7 @@ def section_full(store: Path, sizes: List[int], tolerance: float, eigh_max: int,
         x, y, z = X_all[:m], Y_all[:m], Z_all[:m]
         fy = fast.factorize(y, kernel="label")
         floor_s = (2.0 * m * m * dz + m ** 3 / 3.0) / rate
-        base = dict(section="full", m=m, layer="conv2", d_z=dz, d_x=X_all.shape[1], gflops_s=rate / 1e9,
+        base = dict(section="full", m=m, layer="conv2", checkpoint=ck, d_z=dz, d_x=X_all.shape[1], gflops_s=rate / 1e9,
                     floor_seconds=floor_s)
         ref = None
         if m <= exact_max:
@@ -351,11 +354,12 @@ def _md_table(rows: List[Dict[str, Any]], cols: List[Tuple[str, str, str]]) -> L
     return lines
 
 
-def write_results(rows: List[Dict[str, Any]], out_dir: Path, quick: bool, cmd: str, load_before: str) -> Path:
+def write_results(rows: List[Dict[str, Any]], out_dir: Path, quick: bool, cmd: str, load_before: str,
+                  suffix: str = "") -> Path:
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "speed_quick" if quick else "speed"
+    name = ("speed_quick" if quick else "speed") + suffix
     csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     pd.DataFrame(rows).to_csv(csv.with_name(csv.name + ".partial"), index=False)
     os.replace(csv.with_name(csv.name + ".partial"), csv)
@@ -383,7 +387,8 @@ def write_results(rows: List[Dict[str, Any]], out_dir: Path, quick: bool, cmd: s
     if full:
         lr = [r for r in full if str(r["method"]).startswith("low rank")]
         ex = [r for r in full if str(r["method"]).startswith("exact (Cholesky")]
-        lines += [f"## Full sample (one layer: {full[0]['layer']}, {full[0]['d_z']} dims; X: {full[0]['d_x']} dims)", "",
+        lines += [f"## Full sample (one layer: {full[0]['layer']} of {full[0]['checkpoint']}, {full[0]['d_z']} dims; "
+                  f"X: {full[0]['d_x']} dims)", "",
                   f"float64; GEMM rate {full[0]['gflops_s']:.1f} GFLOP/s measured in this run; floor = (2 m^2 d + "
                   "m^3 / 3) / rate, the Gram and one Cholesky of a layer. Fitted time exponent per layer: exact "
                   f"{fit_exponent([r['m'] for r in ex], [r['seconds_per_layer'] for r in ex]):.2f}, low rank "
@@ -419,6 +424,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="largest m for the low-rank path (on trained layers it needs more than m/2 pivots and "
                         "falls back to the eigenvector route, O(m^3) with a large constant)")
     p.add_argument("--exact-max", type=int, default=20000, help="largest m for the exact route")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="full section: the checkpoint's epoch (default: the last; 0 = the initialisation, whose "
+                        "layers have faster-decaying spectra)")
     p.add_argument("--repeats", type=int, default=3, help="best of N for the short job-level rows")
     p.add_argument("--no-whole", action="store_true", help="skip the whole-process rows")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the baselines and the full section")
@@ -433,7 +441,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     if args.quick:
         args.work = args.work if args.work != str(ROOT / "runs" / "speed") else str(Path(args.out_dir) / "work")
     load_before = loadavg()
-    data = ensure_data(Path(args.work), args.quick, max(sizes))
+    data = ensure_data(Path(args.work), args.quick, max(sizes), args.epoch)
     rows: List[Dict[str, Any]] = []
     if "jobs" in args.sections:
         rows += section_jobs(data["jobs"], 1 if args.quick else args.repeats, whole=not args.no_whole)
@@ -442,7 +450,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     if "extraction" in args.sections and not args.quick:
         rows += section_extraction(args.quick)
     cmd = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_results(rows, Path(args.out_dir), args.quick, cmd, load_before)
+    suffix = "" if args.epoch is None else f"_epoch{args.epoch}"
+    write_results(rows, Path(args.out_dir), args.quick, cmd, load_before, suffix)
     return rows
 
 
