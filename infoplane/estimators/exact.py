@@ -22,15 +22,13 @@ Values agree with it to ~1e-10 relative (``tests/test_exact_resolvent.py``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-import numpy as np
 import torch
 
 from infoplane import kernels as _k
-from infoplane.estimators.chance import SpectralSummary, summarize_factor
+from infoplane.estimators.chance import SpectralSummary
 
 __all__ = ["ResolventSide", "prepare_resolvent", "resolvent_value", "resolvent_summary"]
 
@@ -122,12 +120,8 @@ def resolvent_value(z: ResolventSide, other: Any) -> float:
     return float(((z.R @ U) * U).sum(dim=0) @ w)
 
 
-def resolvent_summary(side: Any) -> SpectralSummary:
-    """Spectral summary (``infoplane.estimators.chance``) of a :class:`ResolventSide`, or of a
-    ``fast.CenteredFactor`` at the side's eps (``side, eps`` as a tuple)."""
-    if isinstance(side, tuple):
-        f, eps = side
-        return summarize_factor(f.U, f.weights(eps))
+def resolvent_summary(side: ResolventSide) -> SpectralSummary:
+    """Spectral summary (``infoplane.estimators.chance``) of a :class:`ResolventSide`."""
     a = side.eps * side.m
     lam = side.mu / (side.mu + a)
     d = torch.diagonal(side.R)

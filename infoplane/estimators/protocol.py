@@ -331,7 +331,11 @@ def nhsic_resolvent_result(z: Any, other: Any, *, estimator: str = "nhsic") -> D
     res.error_bound = 0.0
     res.rank_z = z.rank
     res.rank_target = other.rank
-    st = resolvent_summary(other if isinstance(other, ResolventSide) else (other.to(z.R.device), z.eps))
+    if isinstance(other, ResolventSide):
+        st = resolvent_summary(other)
+    else:
+        f = other.to(z.R.device)
+        st = summarize_factor(f.U, f.weights(z.eps))
     _attach(res, chance_level(np.asarray([value]), resolvent_summary(z), st))
     return res
 
