@@ -1172,8 +1172,13 @@ def _tensor_batches(ds: TensorDataset, rows: np.ndarray, start: int, batch_size:
     """``(row, x, y)`` batches of an in-memory TensorDataset by batched indexing (what a DataLoader
     over it yields, without collating sample by sample)."""
     x, y = ds.tensors[0], ds.tensors[1]
+    rows = np.asarray(rows)
     for lo in range(start, len(rows), batch_size):
-        sel = torch.as_tensor(rows[lo:lo + batch_size], dtype=torch.long)
+        r = rows[lo:lo + batch_size]
+        if len(r) and r[-1] - r[0] == len(r) - 1 and bool(np.all(np.diff(r) == 1)):   # a run: a view, no copy
+            yield lo, x[int(r[0]):int(r[-1]) + 1], np.asarray(y[int(r[0]):int(r[-1]) + 1])
+            continue
+        sel = torch.as_tensor(r, dtype=torch.long)
         yield lo, x[sel], np.asarray(y[sel])
 
 

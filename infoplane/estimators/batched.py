@@ -35,8 +35,11 @@ DeviceLike = Union[str, torch.device]
 
 
 def batched_center(K: torch.Tensor) -> torch.Tensor:
-    """``H K H`` for a stack of Grams (B, b, b)."""
-    return K - K.mean(dim=-1, keepdim=True) - K.mean(dim=-2, keepdim=True) + K.mean(dim=(-1, -2), keepdim=True)
+    """``H K H`` for a stack of Grams (B, b, b) (in place of K when K does not require grad)."""
+    if K.requires_grad:
+        return K - K.mean(dim=-1, keepdim=True) - K.mean(dim=-2, keepdim=True) + K.mean(dim=(-1, -2), keepdim=True)
+    row, col, both = K.mean(dim=-1, keepdim=True), K.mean(dim=-2, keepdim=True), K.mean(dim=(-1, -2), keepdim=True)
+    return K.sub_(row).sub_(col).add_(both)
 
 
 def _batched_sq_dists(x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +98,12 @@ def _batches(x: torch.Tensor, b: int) -> torch.Tensor:
 
 def _chol(Kc: torch.Tensor, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Cholesky of ``K~ + shift I``; returns (C, ok) with ok (B,) bool."""
-    eye = torch.eye(Kc.shape[-1], dtype=Kc.dtype, device=Kc.device)
-    P = 0.5 * (Kc + Kc.transpose(1, 2)) + shift * eye
+    if Kc.requires_grad:
+        eye = torch.eye(Kc.shape[-1], dtype=Kc.dtype, device=Kc.device)
+        P = 0.5 * (Kc + Kc.transpose(1, 2)) + shift * eye
+    else:
+        P = (Kc + Kc.transpose(1, 2)).mul_(0.5)
+        P.diagonal(dim1=-2, dim2=-1).add_(shift)
     C, info = torch.linalg.cholesky_ex(P)
     return C, info == 0
 
@@ -106,15 +113,19 @@ def _resolvent(Kc: torch.Tensor, shift: float, C: Optional[torch.Tensor] = None,
     """``A = K~ (K~ + shift I)^-1 = I - shift (K~ + shift I)^-1`` for each batch, (B, b, b)."""
     if C is None:
         C, ok = _chol(Kc, shift)
-    eye = torch.eye(Kc.shape[-1], dtype=Kc.dtype, device=Kc.device)
-    A = eye - shift * torch.cholesky_inverse(C) if C.requires_grad else \
-        torch.cholesky_inverse(C).mul_(-shift).add_(eye)           # I - shift P^-1, in place
+    if C.requires_grad:
+        eye = torch.eye(Kc.shape[-1], dtype=Kc.dtype, device=Kc.device)
+        A = eye - shift * torch.cholesky_inverse(C)
+    else:     # I - shift P^-1 in place; cholesky_inverse returns an exactly symmetric matrix
+        A = torch.cholesky_inverse(C).mul_(-shift)
+        A.diagonal(dim1=-2, dim2=-1).add_(1.0)
     if not bool(ok.all()):                       # eigh fallback for the batches that failed
         bad = (~ok).nonzero().flatten()
         s2, U = torch.linalg.eigh(0.5 * (Kc[bad] + Kc[bad].transpose(1, 2)))
         s2 = s2.clamp_min(0.0)
-        A[bad] = (U * (s2 / (s2 + shift))[:, None, :]) @ U.transpose(1, 2)
-    return 0.5 * (A + A.transpose(1, 2))
+        Ab = (U * (s2 / (s2 + shift))[:, None, :]) @ U.transpose(1, 2)
+        A[bad] = 0.5 * (Ab + Ab.transpose(1, 2))
+    return 0.5 * (A + A.transpose(1, 2)) if A.requires_grad else A
 
 
 @dataclass
@@ -155,7 +166,7 @@ def prepare_minibatch_side(other: Any, *, kernel: str = "rbf", batch_size: int =
         _check_finite(X, "samples")
         _check_n(X.shape[0], b)
         A = _resolvent(batched_center(batched_rbf_grams(_batches(X, b), sigma, squared)), shift)
-        return MinibatchSide("rbf", X.shape[0], b, eps, A=A, summary=summarize(A))
+        return MinibatchSide("rbf", X.shape[0], b, eps, A=A, summary=summarize(A, symmetric=not A.requires_grad))
     if kern in ("label", "linear", "onehot", "one-hot"):
         if kern == "linear":
             Y = _k.flatten(other, dtype=dtype, device=dev)

@@ -67,11 +67,15 @@ class SpectralSummary:
     m: int
 
 
-def summarize(A: torch.Tensor) -> SpectralSummary:
-    """Summary of symmetric doubly centred matrices ``A`` of shape (m, m) or (B, m, m)."""
+def summarize(A: torch.Tensor, symmetric: bool = False) -> SpectralSummary:
+    """Summary of symmetric doubly centred matrices ``A`` of shape (m, m) or (B, m, m).
+
+    ``symmetric=True`` when A is exactly symmetric (e.g. from ``cholesky_inverse``): no
+    symmetrising copy."""
     if A.dim() == 2:
         A = A[None]
-    A = 0.5 * (A + A.transpose(-1, -2))
+    if not symmetric:
+        A = 0.5 * (A + A.transpose(-1, -2))
     d = torch.diagonal(A, dim1=-2, dim2=-1)
     lam = torch.linalg.eigvalsh(A).flip(-1)
     return SpectralSummary(trace=d.sum(-1), trace_sq=(A * A).sum(dim=(-2, -1)), diag_sq=(d * d).sum(-1),
