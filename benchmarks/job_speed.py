@@ -12,7 +12,10 @@ shuffled baseline):
   baseline=False))`` (float64, reads the store itself);
 * ``ours whole process``: ``infoplane estimate STORE --distance euclidean --no-baseline``;
 * ``floor``: forming every batch's Z-side Gram in float32 (``cdist`` + ``exp``, batched per layer),
-  which any method must do.
+  which any method must do;
+* ``exact floor``: what an exact float64 result with its chance level must compute per batch
+  (``run_exact_floor``: the float64 Gram, + the Cholesky resolvent, + the resolvent's eigenvalues),
+  batched per layer, at 1 thread: where the time goes beyond the float32 floor.
 
 The baselines (1), (2) and the floor get the activations already in memory (reading the store is
 timed separately, ``read``); ``ours in-process`` includes its own reads. Whole-process rows include
@@ -75,6 +78,41 @@ def run_floor(zs) -> float:
         Zb = Z[: nb * B_SIZE].reshape(nb, B_SIZE, -1)
         K = torch.exp(torch.cdist(Zb, Zb) * (-1.0 / (2 * 25.0 * Zb.shape[-1])))
         acc += float(K[:, 0, 1].sum())
+    return acc
+
+
+#: stages of the exact float64 floor, each including the ones before it
+EXACT_STAGES = ("gram", "resolvent", "spectrum")
+
+
+def run_exact_floor(zs, stage: str) -> float:
+    """What an exact float64 result must compute per batch, batched per layer, activations in memory.
+
+    ``gram``: the Z-side Gram in float64 (distances by one GEMM, non-squared, exp) and its centring;
+    ``resolvent``: + the Cholesky factor of ``K~ + eps m I`` and its inverse (the resolvent);
+    ``spectrum``: + the eigenvalues of the resolvent (the exact von Neumann bound of the chance level).
+    Returns a checksum."""
+    if stage not in EXACT_STAGES:
+        raise ValueError(f"stage must be one of {EXACT_STAGES}, got {stage!r}")
+    level = EXACT_STAGES.index(stage)
+    acc = 0.0
+    for z in zs.values():
+        Z = torch.as_tensor(z, dtype=torch.float64).reshape(len(z), -1)
+        nb = Z.shape[0] // B_SIZE
+        Zb = Z[: nb * B_SIZE].reshape(nb, B_SIZE, -1)
+        sq = (Zb * Zb).sum(-1)
+        D = (sq[:, :, None] + sq[:, None, :]).baddbmm_(Zb, Zb.transpose(1, 2), alpha=-2.0).clamp_min_(0.0).sqrt_()
+        K = D.mul_(-1.0 / (2 * 25.0 * Zb.shape[-1])).exp_()
+        K = K - K.mean(-1, keepdim=True) - K.mean(-2, keepdim=True) + K.mean((-1, -2), keepdim=True)
+        out = K
+        if level >= 1:
+            K.diagonal(dim1=-2, dim2=-1).add_(EPS * B_SIZE)
+            C = torch.linalg.cholesky(K)
+            out = torch.cholesky_inverse(C).mul_(-EPS * B_SIZE)
+            out.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        if level >= 2:
+            out = torch.linalg.eigvalsh(out)
+        acc += float(out[:, 0, ...].sum())
     return acc
 
 
