@@ -306,8 +306,11 @@ class _Runner:
     def prepare(self) -> None:
         """Compute the target sides now (before worker threads share this runner read-only)."""
         if self.fast:
+            from infoplane.estimators import fast
+
             for target in ("x", "y"):
                 self._target_side(target)
+                self._cache[("exact", target)] = fast.ExactSideCache()
 
     def result(self, reader: _LayerReader, target: str, shuffled: bool, cache: Optional[Dict[tuple, Any]] = None):
         """DependenceResult of the estimator on (Z rows, target rows) (Z rows permuted if shuffled).
@@ -342,7 +345,11 @@ class _Runner:
             if ft is None:
                 ft = self._target_side(target)
             if self.cfg.tolerance is not None:
-                ref = fast.refine_nhsic(fz, ft, eps=self.eps, tolerance=self.cfg.tolerance)
+                # a target side that falls back to its exact resolvent computes it once per store
+                holder = self._cache.get(("exact", target))
+                if holder is None:
+                    holder = self._cache.setdefault(("exact", target), fast.ExactSideCache())
+                ref = fast.refine_nhsic(fz, ft, eps=self.eps, tolerance=self.cfg.tolerance, other_exact=holder)
                 fz, ft = ref.z_factor, ref.other_factor
                 cache[key], cache[("side", target)] = fz, ft   # this layer's extended factors
             return protocol.nhsic_factor_result(fz, ft, self.eps)

@@ -219,3 +219,48 @@ def test_factor_fields():
     assert f.rel_error == pytest.approx(f.residual_trace / 120)
     fe = factorize(x)
     assert fe.exact and fe.residual_trace == 0.0 and fe.cholesky is None
+
+
+# --------------------------------------------------------------------------- (d) the exact fallback
+def _fallback_case(seed: int = 0, m: int = 300):
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(m, 40))                                   # white noise: needs more than m/2 pivots
+    z = np.tanh(x[:, :1]) + 0.01 * g.normal(size=(m, 1))         # smooth, one-dimensional: low rank
+    return x, z
+
+
+def test_a_side_past_half_rank_falls_back_to_its_exact_resolvent():
+    from infoplane.estimators import exact, protocol
+
+    x, z = _fallback_case()
+    res = nhsic_full(z, x, tolerance=1e-3)
+    assert res.z_factor.method == "lowrank" and res.other_factor.method == "resolvent"
+    assert res.other_factor.residual_trace == 0.0 and not res.other_factor.extendable
+    ref = protocol.nhsic_resolvent_result(exact.prepare_resolvent(z), exact.prepare_resolvent(x))
+    check_contract(res, ref.value, 1e-3)
+    # the result and its chance level from the mixed pair (low-rank Z, exact X)
+    r = protocol.nhsic_factor_result(res.z_factor, res.other_factor, 1e-5)
+    assert r.value == pytest.approx(res.value, rel=1e-12) and r.error_bound == pytest.approx(res.error_bound)
+    assert r.rank_target == ref.rank_target
+    for field_ in ("null_mean", "null_sd", "max_value", "adjusted"):
+        assert getattr(r, field_) == pytest.approx(getattr(ref, field_), rel=1e-3), field_
+    # both sides exact: the exact value, bound 0
+    both = nhsic_full(x[:, :20], x[:, 20:], tolerance=1e-3)
+    assert both.z_factor.method == both.other_factor.method == "resolvent" and both.error_bound == 0.0
+    ref2 = exact.resolvent_value(exact.prepare_resolvent(x[:, :20]), exact.prepare_resolvent(x[:, 20:]))
+    assert both.value == pytest.approx(ref2, rel=1e-12)
+
+
+def test_exact_side_cache_computes_the_other_side_once_and_changes_no_value():
+    x, z = _fallback_case(1)
+    z2 = z ** 2 + 0.1 * z
+    fx = factorize(x, tolerance=1e-3)
+    cache = fast.ExactSideCache()
+    a = fast.refine_nhsic(factorize(z, tolerance=1e-3), fx, tolerance=1e-3, other_exact=cache)
+    b = fast.refine_nhsic(factorize(z2, tolerance=1e-3), fx, tolerance=1e-3, other_exact=cache)
+    assert a.other_factor.method == "resolvent" and b.other_factor is a.other_factor    # computed once
+    for zz, r in ((z, a), (z2, b)):
+        plain = fast.refine_nhsic(factorize(zz, tolerance=1e-3), fx, tolerance=1e-3)
+        assert plain.value == r.value and plain.error_bound == r.error_bound
+    with pytest.raises(ValueError, match="eps"):
+        a.other_factor.weights(1e-3)

@@ -176,3 +176,29 @@ def test_default_jobs_is_one_per_core_for_kernel_minibatch_only():
     assert n_jobs(EstimateConfig(protocol="full")) == 1
     assert n_jobs(EstimateConfig(estimator="snn")) == 1
     assert n_jobs(EstimateConfig(jobs=3)) == 3
+
+
+def test_low_rank_with_an_exact_input_side_is_the_same_on_threads_and_within_tolerance(tmp_path):
+    """--tolerance on a store whose input side needs more than m/2 pivots: X falls back to its exact
+    resolvent (computed once per store), layers stay low rank, values do not depend on the jobs."""
+    from _store_helpers import write_store
+
+    rng = np.random.default_rng(5)
+    n = 240
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 40))
+
+    def layers(epoch):
+        return {"smooth": np.tanh(x[:, :1] * (epoch + 1)), "two": x[:, :2] + 0.01 * epoch}
+
+    path = write_store(tmp_path / "fb.h5", x, y, layers, epochs=range(2))
+    kw = dict(protocol="full", tolerance=1e-3, progress=False)
+    serial = estimate_store(path, EstimateConfig(jobs=1, **kw))
+    threads = estimate_store(path, EstimateConfig(jobs=2, backend="threads", **kw))
+    pd.testing.assert_frame_equal(threads.drop(columns="seconds"), serial.drop(columns="seconds"))
+    exact = estimate_store(path, EstimateConfig(protocol="full", progress=False))
+    sx, ex = serial[serial.target == "x"], exact[exact.target == "x"]
+    assert (sx.rank_target == ex.rank_target).all() and (sx.rank_z < n // 2).all()     # X exact, Z low rank
+    gap = ex.value.to_numpy() - sx.value.to_numpy()
+    assert (gap >= -1e-9).all() and (gap <= sx.error_bound.to_numpy() + 1e-9).all()
+    assert (sx.error_bound <= 1e-3 * sx.value).all()

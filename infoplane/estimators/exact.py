@@ -30,7 +30,7 @@ import torch
 from infoplane import kernels as _k
 from infoplane.estimators.chance import SpectralSummary
 
-__all__ = ["ResolventSide", "prepare_resolvent", "resolvent_value", "resolvent_summary"]
+__all__ = ["ResolventSide", "prepare_resolvent", "resolvent_from_gram", "resolvent_value", "resolvent_summary"]
 
 DeviceLike = Union[str, torch.device]
 
@@ -50,6 +50,32 @@ class ResolventSide:
     @property
     def m(self) -> int:
         return int(self.R.shape[0])
+
+    # --- what the low-rank machinery (``fast.refine_nhsic``) reads of a side: an exact one
+    method = "resolvent"
+    residual_trace = 0.0
+    cholesky = None
+    exact = True
+    extendable = False
+
+    @property
+    def s2(self) -> torch.Tensor:
+        """Eigenvalues of the centred Gram (as ``fast.CenteredFactor.s2``)."""
+        return self.mu
+
+    def weights(self, eps: float) -> torch.Tensor:
+        """Eigenvalues of R, ``mu / (mu + eps m)`` (only at the eps R was computed with)."""
+        if float(eps) != self.eps:
+            raise ValueError(f"this resolvent was computed at eps = {self.eps:g}, not {float(eps):g}; "
+                             "prepare it again at that eps.")
+        return self.mu / (self.mu + self.eps * self.m)
+
+    @property
+    def device(self) -> torch.device:
+        return self.R.device
+
+    def to(self, device: DeviceLike) -> "ResolventSide":
+        return ResolventSide(R=self.R.to(device), mu=self.mu.to(device), eps=self.eps, sigma=self.sigma)
 
     @property
     def rank(self) -> int:
@@ -84,6 +110,11 @@ def prepare_resolvent(x: Any = None, *, gram: Any = None, sigma: Union[str, floa
         _check_exact_memory(X.shape[0], dev, dtype, "the exact full-sample nHSIC")
         K = _rbf_gram_inplace(X, s, squared)
         del X
+    return resolvent_from_gram(K, eps, sigma=s)
+
+
+def resolvent_from_gram(K: torch.Tensor, eps: float, *, sigma: Optional[float] = None) -> ResolventSide:
+    """:class:`ResolventSide` of an uncentred PSD Gram ``K`` (m, m), which is overwritten (pass a copy)."""
     m = K.shape[0]
     if m < 2:
         raise ValueError("prepare_resolvent: need at least m = 2 samples.")
@@ -104,7 +135,7 @@ def prepare_resolvent(x: Any = None, *, gram: Any = None, sigma: Union[str, floa
     del C
     R.mul_(-a).diagonal().add_(1.0)                     # R = I - a P^-1
     R.add_(R.T.clone()).mul_(0.5)
-    return ResolventSide(R=R, mu=mu, eps=eps, sigma=s)
+    return ResolventSide(R=R, mu=mu, eps=eps, sigma=sigma)
 
 
 def resolvent_value(z: ResolventSide, other: Any) -> float:

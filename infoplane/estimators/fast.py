@@ -35,8 +35,10 @@ so the pivoted Cholesky of each side continues until ``tr(E_side) <= share * t *
 per low-rank side, or what the other side leaves): factor to a coarse residual ``tr(E) <= t tr(K)``,
 compute v, extend the factors (rank at most doubling per round, so the work stays within a constant
 of the final rank) and repeat. A factor that reaches full rank is exact (bound 0); one that would
-need more than m/2 pivots is replaced by the exact factor (cheaper there) when the memory guard
-allows (deterministic: the decision depends only on m, the ranks and the available memory).
+need more than m/2 pivots is replaced by the exact resolvent of its Gram (by Cholesky, no
+eigenvectors: ``infoplane.estimators.exact``; cheaper there) when the memory guard allows
+(deterministic: the decision depends only on m, the ranks and the available memory). A value
+against such a side is ``sum_j w_j u_j^T R u_j`` (O(m^2 k)); its residual is 0.
 
 Reuse: a factor depends only on one variable and its kernel setting, so the input-side factor of a
 store (X) is computed once and used for every layer and checkpoint; pass it back to
@@ -47,9 +49,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -59,7 +62,7 @@ from infoplane import kernels as _k
 from infoplane.estimators.lowrank import (CholeskyFactor, extend_cholesky, gram_columns, pivoted_cholesky,
                                           rbf_columns)
 
-__all__ = ["CenteredFactor", "FullSampleNHSIC", "ExactMemoryError", "available_memory_bytes",
+__all__ = ["ExactSideCache", "CenteredFactor", "FullSampleNHSIC", "ExactMemoryError", "available_memory_bytes",
            "exact_memory_bytes", "factorize", "extend_factor", "nhsic_factored", "refine_nhsic", "nhsic_full",
            "factor_from_features"]
 
@@ -358,12 +361,43 @@ def _exact_fits(ch: CholeskyFactor) -> bool:
     return exact_memory_bytes(ch.m, torch.finfo(dtype).bits // 8) <= available_memory_bytes(dev)
 
 
-def _exact_from_cholesky(f: CenteredFactor, device: torch.device) -> CenteredFactor:
-    """Exact factor of a low-rank factor's Gram, from its column oracle (memory-checked)."""
+class ExactSideCache:
+    """Holds the exact side (resolvent) of one variable once a low-rank factor of it has fallen back
+    to it, for every later :func:`refine_nhsic` call with a factor of the same variable (e.g. the
+    input side X of a store, reused by every layer). Thread-safe: computed once, by the first caller.
+
+    The fallback decision stays per call (it depends only on that call's factors), so values do not
+    depend on the order of calls; only the computation is shared.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sides: dict = {}
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._sides:
+                self._sides[key] = make()
+            return self._sides[key]
+
+
+def _exact_from_cholesky(f: CenteredFactor, device: torch.device, eps: float) -> "ResolventSide":
+    """The exact side of a low-rank factor's Gram, from its column oracle (memory-checked): the
+    resolvent ``R = K~ (K~ + eps m I)^-1`` by Cholesky (``infoplane.estimators.exact``), which costs a
+    fifth of an eigendecomposition with eigenvectors at m = 10,000."""
+    from infoplane.estimators.exact import resolvent_from_gram
+
     ch = f.cholesky
     _check_exact_memory(ch.m, ch.residual_diag.device, ch.residual_diag.dtype, "nhsic_full")
     K = ch.cols(torch.arange(ch.m, device=ch.residual_diag.device)).to(ch.residual_diag.dtype)
-    return _exact_from_gram(K, f.kernel, f.sigma, owned=True).to(device)    # K[:, arange] is a fresh tensor
+    return resolvent_from_gram(K, eps, sigma=f.sigma).to(device)    # K[:, arange] is a fresh tensor
+
+
+def _exact_side(f: CenteredFactor, side: str, device: torch.device, eps: float,
+                other_exact: Optional[ExactSideCache]) -> Any:
+    if side == "o" and other_exact is not None:
+        return other_exact.get((float(eps), str(device)), lambda: _exact_from_cholesky(f, device, eps))
+    return _exact_from_cholesky(f, device, eps)
 
 
 # --------------------------------------------------------------------------- values and bounds
@@ -373,7 +407,23 @@ def _check_eps(eps: float) -> float:
     return float(eps)
 
 
-def _value(a: CenteredFactor, b: CenteredFactor, eps: float) -> float:
+def _device_of(f: Any) -> torch.device:
+    return f.R.device if _is_resolvent(f) else f.U.device
+
+
+def _is_resolvent(f: Any) -> bool:
+    return getattr(f, "method", None) == "resolvent"
+
+
+def _value(a: Any, b: Any, eps: float) -> float:
+    """``Tr(R_a R_b)`` of two factors, or of a factor and an exact resolvent side."""
+    if _is_resolvent(a) or _is_resolvent(b):
+        from infoplane.estimators.exact import resolvent_value
+
+        r, other = (a, b) if _is_resolvent(a) else (b, a)
+        if r.eps != eps:
+            raise ValueError(f"a resolvent side computed at eps = {r.eps:g} cannot be used at eps = {eps:g}.")
+        return resolvent_value(r, other)
     dev = a.U.device
     ub = b.U.to(dev)
     wa = a.weights(eps).sqrt()
@@ -425,7 +475,7 @@ _RHO = 0.25         # of two sides over target, extend those with at least this 
 
 def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps: float = 1e-5,
                  tolerance: Optional[float] = None, max_rank: Optional[int] = None,
-                 progress: bool = False) -> FullSampleNHSIC:
+                 progress: bool = False, other_exact: Optional[ExactSideCache] = None) -> FullSampleNHSIC:
     """nHSIC of two factors, extending low-rank ones until ``error_bound <= tolerance * value``.
 
     Rounds: v, bound = :func:`nhsic_factored`; stop when ``bound <= t v``; else give each extendable
@@ -433,11 +483,14 @@ def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps:
     of the budget to one side when the other already fits in half; when both are over target, only a
     side holding at least 1/4 of the larger residual is extended) and continue its pivoted Cholesky
     (rank at most doubled per round, capped by ``max_rank``). A side whose Cholesky stalls at rounding
-    level, or (with ``max_rank=None``) would need more than m/2 pivots, is replaced by its exact factor
+    level, or (with ``max_rank=None``) would need more than m/2 pivots, is replaced by its exact side
     when :func:`exact_memory_bytes` fits in :func:`available_memory_bytes` (else it continues at low
-    rank, up to full rank). When the contract cannot be met (``max_rank``, or a non-extendable
-    factor) a RuntimeWarning gives the bound reached. Returns a :class:`FullSampleNHSIC`.
-    tolerance None: no extension (the value and bound of the factors as given).
+    rank, up to full rank): the resolvent by Cholesky (:class:`infoplane.estimators.exact.ResolventSide`,
+    residual 0), which the returned ``z_factor`` / ``other_factor`` then is. ``other_exact``: an
+    :class:`ExactSideCache` that keeps the other side's exact resolvent across calls (one per
+    variable, e.g. per store for X). When the contract cannot be met (``max_rank``, or a
+    non-extendable factor) a RuntimeWarning gives the bound reached. Returns a
+    :class:`FullSampleNHSIC`. tolerance None: no extension (the value and bound of the factors as given).
     """
     eps = _check_eps(eps)
     if tolerance is not None:
@@ -445,8 +498,8 @@ def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps:
     fz, fo = z_factor, other_factor
     if fz.m != fo.m:
         raise ValueError(f"refine_nhsic: z has {fz.m} samples but other has {fo.m}.")
-    dev = fz.U.device
-    fo = fo.to(dev) if fo.U.device != dev else fo
+    dev = _device_of(fz)
+    fo = fo.to(dev) if _device_of(fo) != dev else fo
     m = fz.m
     am = eps * m
     while True:
@@ -480,7 +533,7 @@ def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps:
             # past rank m/2 the exact eigh is cheaper than more pivots: switch when memory allows
             exact_ok = max_rank is None and _exact_fits(ch)
             if exact_ok and ch.rank >= m // 2:
-                g = _exact_from_cholesky(f, dev)
+                g = _exact_side(f, side, dev, eps, other_exact)
             else:
                 g = extend_factor(f, residual=target, max_rank=min(cap, m // 2) if exact_ok else cap,
                                   progress=progress)
@@ -498,7 +551,7 @@ def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps:
             ch = f.cholesky
             if f.method == "lowrank" and not f.exact and ch is not None and ch.stalled and ch.cols is not None \
                     and _exact_fits(ch):
-                g = _exact_from_cholesky(f, dev)
+                g = _exact_side(f, side, dev, eps, other_exact)
                 swapped = True
                 if side == "z":
                     fz = g

@@ -306,17 +306,24 @@ def nhsic_minibatch_result(a: Any, b: Any, estimator: str = "nhsic") -> Dependen
 
 
 def nhsic_factor_result(fa: Any, fb: Any, eps: float, *, estimator: str = "nhsic") -> DependenceResult:
-    """Full-sample result from two centred factors (``fast.CenteredFactor``): value, rigorous error
-    bound (0 when both are exact), ranks and the chance level computed from the same factors."""
+    """Full-sample result from two centred factors (``fast.CenteredFactor``, or the exact
+    ``exact.ResolventSide`` a low-rank factor falls back to): value, rigorous error bound (0 when both
+    are exact), ranks and the chance level computed from the same factors."""
     from infoplane.estimators import fast
+    from infoplane.estimators.exact import resolvent_summary
 
-    out = fast.nhsic_factored(fa, fb.to(fa.U.device), eps=eps)
+    dev = fast._device_of(fa)
+    fb = fb.to(dev)
+    out = fast.nhsic_factored(fa, fb, eps=eps)
     value, bound = float(out[0]), float(out[1])
     res = _result(estimator, np.asarray([value]), fa.m, fa.m, "full")
     res.error_bound = bound
     res.rank_z, res.rank_target = fa.rank, fb.rank
-    wa, wb = fa.weights(eps), fb.weights(eps).to(fa.U.device)
-    _attach(res, chance_level(np.asarray([value]), summarize_factor(fa.U, wa), summarize_factor(fb.U.to(fa.U.device), wb)))
+
+    def summary(f: Any):   # a factor, or an exact resolvent side (the fallback of a low-rank one)
+        return resolvent_summary(f) if fast._is_resolvent(f) else summarize_factor(f.U, f.weights(eps))
+
+    _attach(res, chance_level(np.asarray([value]), summary(fa), summary(fb)))
     return res
 
 
