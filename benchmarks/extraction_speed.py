@@ -69,6 +69,48 @@ def _bare_loader(model: torch.nn.Module, ds: Any, batch_size: int) -> Callable[[
     return run
 
 
+def writer_overlap(n_rows: int = 10000, width: int = 1176, loop: int = 3_000_000) -> Dict[str, float]:
+    """How much an HDF5 writer thread overlaps Python work in the main thread (h5py holds the GIL
+    while it writes): seconds of a pure-Python loop alone, the same loop beside a thread writing
+    ``n_rows x width`` float32 rows three times in 256-row Fletcher-32 chunks, the writer alone, and
+    both together (``serial`` = loop + writer one after the other)."""
+    import threading
+
+    import h5py
+
+    data = np.random.default_rng(0).random((n_rows, width), dtype=np.float32)
+
+    def write(path: str) -> None:
+        with h5py.File(path, "w") as f:
+            ds = f.create_dataset("x", shape=data.shape, dtype="f4", chunks=(256, width), fletcher32=True)
+            for _ in range(3):
+                for lo in range(0, n_rows, 256):
+                    ds[lo:lo + 256] = data[lo:lo + 256]
+
+    def spin() -> None:
+        acc = 0
+        for i in range(loop):
+            acc += i
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write(os.path.join(tmp, "warm.h5"))
+        t = time.perf_counter()
+        spin()
+        alone = time.perf_counter() - t
+        t = time.perf_counter()
+        write(os.path.join(tmp, "w.h5"))
+        writer = time.perf_counter() - t
+        th = threading.Thread(target=write, args=(os.path.join(tmp, "b.h5"),))
+        t = time.perf_counter()
+        th.start()
+        spin()
+        beside = time.perf_counter() - t
+        th.join()
+        both = time.perf_counter() - t
+    return {"loop_alone_s": alone, "loop_beside_writer_s": beside, "writer_alone_s": writer, "both_s": both,
+            "serial_s": alone + writer}
+
+
 def _summarise(name: str, times: Dict[str, List[Tuple[float, float]]], extra: Dict[str, Any]) -> Dict[str, Any]:
     best = {k: min(v, key=lambda t: t[0]) for k, v in times.items()}
     cpu = {k: min(t[1] for t in v) for k, v in times.items()}

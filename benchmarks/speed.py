@@ -16,11 +16,13 @@ Sections (``--sections``, default all):
     (``infoplane.estimators.exact``; the X side once, then per layer), the eigenvector route
     (``fast.factorize``, eigh) up to ``--eigh-max``, and the low-rank path at ``--tolerance`` up to
     ``--lowrank-max`` with its relative error against exact, the factors it ended with (a side that
-    needs more than m/2 pivots falls back to the exact eigenvector factor) and the fitted time
-    exponent. Flop floor of a layer: its Gram
-    (2 m^2 d) plus one Cholesky (m^3 / 3) at the GEMM rate measured in the same run.
-``extraction``  ``benchmarks/extraction_speed.py`` at 1 and 2 torch threads (extract vs a bare forward pass, LeNet5 on
-    Fashion-MNIST and ResNet18 at width 16).
+    needs more than m/2 pivots falls back to its exact Cholesky resolvent; the input side's is kept
+    for later layers, so the low-rank "X side" column includes it and "per layer" is a later layer)
+    and the fitted time exponent. Flop floor of a layer: its Gram (2 m^2 d) plus one Cholesky
+    (m^3 / 3) at the GEMM rate measured in the same run.
+``extraction``  ``benchmarks/extraction_speed.py`` at 1 and 2 torch threads (extract vs a bare forward
+    pass, LeNet5 on Fashion-MNIST and ResNet18 at width 16), and how much an h5py writer thread
+    overlaps Python work (``extraction_speed.writer_overlap``).
 
 The data are made on first use under ``--work`` (train LeNet5 20 epochs on 10,000 images,
 ``infoplane extract``) and reused. Results: ``results/speed.md`` and ``results/speed.csv``.
@@ -348,6 +350,8 @@ def section_extraction(quick: bool) -> List[Dict[str, Any]]:
             with tempfile.TemporaryDirectory() as tmp:
                 out = E.main((["--quick"] if quick else []) + ["--threads", str(threads), "--out-dir", tmp])
             rows += [{"section": "extraction", "threads": threads, **r} for r in out]
+        if not quick:
+            rows.append({"section": "writer_overlap", **E.writer_overlap()})
     finally:
         torch.set_num_threads(saved)
     return rows
@@ -435,6 +439,15 @@ def write_results(rows: List[Dict[str, Any]], out_dir: Path, quick: bool, cmd: s
         keys = [k for k in ext[0] if k != "section" and not isinstance(ext[0][k], (list, dict))]
         lines += _md_table(ext, [(k, k, ".3g") for k in keys])
         lines.append("")
+    ov = [r for r in rows if r["section"] == "writer_overlap"]
+    if ov:
+        o = ov[0]
+        lines += [f"Writer overlap (`extraction_speed.writer_overlap`): a pure-Python loop takes {o['loop_alone_s']:.3f} s "
+                  f"alone and {o['loop_beside_writer_s']:.3f} s beside a thread writing Fletcher-32 chunks with h5py "
+                  f"(writer alone {o['writer_alone_s']:.3f} s); both together {o['both_s']:.3f} s against "
+                  f"{o['serial_s']:.3f} s one after the other: overlap "
+                  f"{(o['serial_s'] - o['both_s']) / min(o['loop_alone_s'], o['writer_alone_s']):.2f} "
+                  "(1 = the writer runs entirely beside Python work, 0 = not at all).", ""]
     md.write_text("\n".join(lines))
     print(f"wrote {csv} and {md}")
     return md
@@ -450,7 +463,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--eigh-max", type=int, default=2000, help="largest m for the eigenvector route")
     p.add_argument("--lowrank-max", type=int, default=2000,
                    help="largest m for the low-rank path (on trained layers it needs more than m/2 pivots and "
-                        "falls back to the eigenvector route, O(m^3) with a large constant)")
+                        "falls back to the exact resolvent, after pivots that cost more than the exact path)")
     p.add_argument("--exact-max", type=int, default=20000, help="largest m for the exact route")
     p.add_argument("--epoch", type=int, default=None,
                    help="full section: the checkpoint's epoch (default: the last; 0 = the initialisation, whose "
