@@ -35,7 +35,7 @@ so the pivoted Cholesky of each side continues until ``tr(E_side) <= share * t *
 per low-rank side, or what the other side leaves): factor to a coarse residual ``tr(E) <= t tr(K)``,
 compute v, extend the factors (rank at most doubling per round, so the work stays within a constant
 of the final rank) and repeat. A factor that reaches full rank is exact (bound 0); one that would
-need more than m/2 pivots is replaced by the exact resolvent of its Gram (by Cholesky, no
+need more than m/4 pivots is replaced by the exact resolvent of its Gram (by Cholesky, no
 eigenvectors: ``infoplane.estimators.exact``; cheaper there) when the memory guard allows
 (deterministic: the decision depends only on m, the ranks and the available memory). A value
 against such a side is ``sum_j w_j u_j^T R u_j`` (O(m^2 k)); its residual is 0.
@@ -471,6 +471,11 @@ def nhsic_factored(a: CenteredFactor, b: CenteredFactor, eps: float = 1e-5) -> t
 
 
 _SAFETY = 0.98      # residual targets a little below the budget, so rounding cannot leave bound > t v
+#: a side whose pivoted Cholesky reaches this fraction of m is replaced by its exact resolvent: the
+#: rounds to rank r cost O(m r^2) plus a thin SVD of rank r each, about the exact resolvent's cost at
+#: r ~ 0.4 m (784-d Fashion-MNIST inputs at m = 10,000: a later layer took 74 s with 1/2, 22 s with
+#: 1/4 and 54 s with 1/8, against 47 s exact; benchmarks/speed.py --epoch 0)
+_EXACT_FROM = 0.25
 _RHO = 0.25         # of two sides over target, extend those with at least this share of the larger residual
 
 
@@ -484,7 +489,7 @@ def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps:
     of the budget to one side when the other already fits in half; when both are over target, only a
     side holding at least 1/4 of the larger residual is extended) and continue its pivoted Cholesky
     (rank at most doubled per round, capped by ``max_rank``). A side whose Cholesky stalls at rounding
-    level, or (with ``max_rank=None``) would need more than m/2 pivots, is replaced by its exact side
+    level, or (with ``max_rank=None``) would need more than m/4 pivots, is replaced by its exact side
     when :func:`exact_memory_bytes` fits in :func:`available_memory_bytes` (else it continues at low
     rank, up to full rank): the resolvent by Cholesky (:class:`infoplane.estimators.exact.ResolventSide`,
     residual 0), which the returned ``z_factor`` / ``other_factor`` then is. ``other_exact``: an
@@ -531,12 +536,13 @@ def refine_nhsic(z_factor: CenteredFactor, other_factor: CenteredFactor, *, eps:
             ch = f.cholesky
             cap = max(2 * ch.rank, ch.rank + ch.block)
             cap = min(cap, ch.m if max_rank is None else int(max_rank))
-            # past rank m/2 the exact eigh is cheaper than more pivots: switch when memory allows
+            # past rank m/4 the exact resolvent is cheaper than more pivots: switch when memory allows
             exact_ok = max_rank is None and _exact_fits(ch)
-            if exact_ok and ch.rank >= m // 2:
+            limit = max(1, int(_EXACT_FROM * m))
+            if exact_ok and ch.rank >= limit:
                 g = _exact_side(f, side, dev, eps, other_exact)
             else:
-                g = extend_factor(f, residual=target, max_rank=min(cap, m // 2) if exact_ok else cap,
+                g = extend_factor(f, residual=target, max_rank=min(cap, limit) if exact_ok else cap,
                                   progress=progress)
             progressed |= g is not f
             if side == "z":
