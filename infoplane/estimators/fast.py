@@ -472,9 +472,9 @@ def nhsic_factored(a: CenteredFactor, b: CenteredFactor, eps: float = 1e-5) -> t
 
 _SAFETY = 0.98      # residual targets a little below the budget, so rounding cannot leave bound > t v
 #: a side whose pivoted Cholesky reaches this fraction of m is replaced by its exact resolvent: the
-#: rounds to rank r cost O(m r^2) plus a thin SVD of rank r each, about the exact resolvent's cost at
-#: r ~ 0.4 m (784-d Fashion-MNIST inputs at m = 10,000: a later layer took 74 s with 1/2, 22 s with
-#: 1/4 and 54 s with 1/8, against 47 s exact; benchmarks/speed.py --epoch 0)
+#: rounds to rank r cost O(m r^2) plus a thin SVD of rank r each, which pass the exact resolvent's
+#: cost between m/4 and m/2 (784-d Fashion-MNIST inputs at m = 10,000, benchmarks/speed.py --epoch 0:
+#: a later layer took 74 s with 1/2 and 22 s with 1/4, against 45-52 s exact)
 _EXACT_FROM = 0.25
 _RHO = 0.25         # of two sides over target, extend those with at least this share of the larger residual
 
