@@ -481,8 +481,10 @@ def _cmd_models(_a) -> int:
 
 def _cmd_train(a) -> int:
     from trainers.__main__ import main as train_main  # lazy: trainers depends on infoplane, not reverse
+    from trainers.distributed import exit_if_distributed
 
-    return int(train_main(list(a.args), prog="infoplane train") or 0)
+    # under torchrun this process ends here (see exit_if_distributed); otherwise it returns the status
+    return exit_if_distributed(int(train_main(list(a.args), prog="infoplane train") or 0))
 
 
 def _cmd_demo(a) -> int:

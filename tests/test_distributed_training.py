@@ -301,10 +301,17 @@ def test_fp16_on_cuda_trains(tmp_path):
     assert json.loads((tmp_path / "h" / "config.json").read_text())["config"]["precision"] == "fp16"
 
 
+def test_exit_without_a_process_group_returns_the_status():
+    from trainers.distributed import exit_if_distributed
+
+    assert not torch.distributed.is_initialized()
+    assert exit_if_distributed(0) == 0 and exit_if_distributed(2) == 2
+
+
 if __name__ == "__main__":  # run by torchrun from script_runs: several runs in one launch
-    from trainers.distributed import teardown
+    from trainers.distributed import exit_if_distributed
 
     torch.set_num_threads(1)
     for case, kw in SCRIPT_CASES.items():
         train(TrainConfig(**dict(BASE, **kw, out=str(Path(sys.argv[1]) / case))))
-    teardown()
+    exit_if_distributed(0)

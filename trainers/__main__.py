@@ -301,4 +301,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m trainers")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .distributed import exit_if_distributed
+
+    sys.exit(exit_if_distributed(main()))

@@ -477,6 +477,28 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def exit_if_distributed(code: int) -> int:
+    """End a process of a multi-process run with exit status ``code``: :func:`teardown`, flush
+    Python's streams and logging, then ``os._exit`` (no interpreter or C++ static destructors). After
+    a complete run gloo's background threads were seen to abort a process during those destructors
+    ("terminate called without an active exception", SIGABRT), turning a finished run into a failed
+    launch. Without an initialised process group it only returns ``code`` (one process: the normal
+    exit)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return code
+    import logging
+    import sys
+
+    teardown()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to flush
+            pass
+    os._exit(int(code))
+
+
 def init(world: World, device: torch.device, timeout: timedelta = timedelta(minutes=30)) -> DataParallel:
     """The :class:`DataParallel` of a run of this process on ``device``.
 
@@ -504,4 +526,4 @@ def init(world: World, device: torch.device, timeout: timedelta = timedelta(minu
 
 __all__ = ["ENV_VARS", "World", "world_from_env", "process_device", "backend_for", "split_sizes", "Shard",
            "check_batch_size", "check_last_batch", "ShardSampler", "shard_dataset", "DataParallel",
-           "init", "teardown"]
+           "init", "teardown", "exit_if_distributed"]
