@@ -306,11 +306,8 @@ class _Runner:
     def prepare(self) -> None:
         """Compute the target sides now (before worker threads share this runner read-only)."""
         if self.fast:
-            from infoplane.estimators import fast
-
             for target in ("x", "y"):
                 self._target_side(target)
-                self._cache[("exact", target)] = fast.ExactSideCache()
 
     def result(self, reader: _LayerReader, target: str, shuffled: bool, cache: Optional[Dict[tuple, Any]] = None):
         """DependenceResult of the estimator on (Z rows, target rows) (Z rows permuted if shuffled).
@@ -346,9 +343,8 @@ class _Runner:
                 ft = self._target_side(target)
             if self.cfg.tolerance is not None:
                 # a target side that falls back to its exact resolvent computes it once per store
-                holder = self._cache.get(("exact", target))
-                if holder is None:
-                    holder = self._cache.setdefault(("exact", target), fast.ExactSideCache())
+                # (dict.setdefault is atomic: worker threads all get the same holder)
+                holder = self._cache.setdefault(("exact", target), fast.ExactSideCache())
                 ref = fast.refine_nhsic(fz, ft, eps=self.eps, tolerance=self.cfg.tolerance, other_exact=holder)
                 fz, ft = ref.z_factor, ref.other_factor
                 cache[key], cache[("side", target)] = fz, ft   # this layer's extended factors

@@ -310,20 +310,14 @@ def nhsic_factor_result(fa: Any, fb: Any, eps: float, *, estimator: str = "nhsic
     ``exact.ResolventSide`` a low-rank factor falls back to): value, rigorous error bound (0 when both
     are exact), ranks and the chance level computed from the same factors."""
     from infoplane.estimators import fast
-    from infoplane.estimators.exact import resolvent_summary
 
-    dev = fast._device_of(fa)
-    fb = fb.to(dev)
+    fb = fb.to(fast._device_of(fa))
     out = fast.nhsic_factored(fa, fb, eps=eps)
     value, bound = float(out[0]), float(out[1])
     res = _result(estimator, np.asarray([value]), fa.m, fa.m, "full")
     res.error_bound = bound
     res.rank_z, res.rank_target = fa.rank, fb.rank
-
-    def summary(f: Any):   # a factor, or an exact resolvent side (the fallback of a low-rank one)
-        return resolvent_summary(f) if fast._is_resolvent(f) else summarize_factor(f.U, f.weights(eps))
-
-    _attach(res, chance_level(np.asarray([value]), summary(fa), summary(fb)))
+    _attach(res, chance_level(np.asarray([value]), _side_summary(fa, eps), _side_summary(fb, eps)))
     return res
 
 
@@ -331,20 +325,25 @@ def nhsic_resolvent_result(z: Any, other: Any, *, estimator: str = "nhsic") -> D
     """Exact full-sample result from the Z resolvent (``exact.ResolventSide``) and the target side
     (another resolvent, or an exact ``fast.CenteredFactor`` such as the labels'): value, error bound 0,
     ranks, and the chance level from the same matrices."""
-    from infoplane.estimators.exact import ResolventSide, resolvent_summary, resolvent_value
+    from infoplane.estimators.exact import resolvent_summary, resolvent_value
 
     value = resolvent_value(z, other)
     res = _result(estimator, np.asarray([value]), z.m, z.m, "full")
     res.error_bound = 0.0
     res.rank_z = z.rank
     res.rank_target = other.rank
-    if isinstance(other, ResolventSide):
-        st = resolvent_summary(other)
-    else:
-        f = other.to(z.R.device)
-        st = summarize_factor(f.U, f.weights(z.eps))
-    _attach(res, chance_level(np.asarray([value]), resolvent_summary(z), st))
+    _attach(res, chance_level(np.asarray([value]), resolvent_summary(z), _side_summary(other.to(z.R.device), z.eps)))
     return res
+
+
+def _side_summary(side: Any, eps: float):
+    """Spectral summary (``chance``) of a full-sample side: an exact ``exact.ResolventSide`` or a
+    ``fast.CenteredFactor`` (its eigenvalues ``w`` at ``eps``)."""
+    from infoplane.estimators.exact import ResolventSide, resolvent_summary
+
+    if isinstance(side, ResolventSide):
+        return resolvent_summary(side)
+    return summarize_factor(side.U, side.weights(eps))
 
 
 def _attach(res: DependenceResult, ch: ChanceLevel) -> None:
